@@ -1,0 +1,1 @@
+"""The gateway: ZeroMQ ingress -> normalise -> route (see docs/ARCHITECTURE.md)."""

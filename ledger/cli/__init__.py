@@ -1,0 +1,1 @@
+"""Console entry points of the ledger core (bin/ shims call these)."""

@@ -1,0 +1,90 @@
+"""The one exception root of the project and its stable error codes.
+
+Codes are part of the public contract: they travel on the wire, appear in CLI JSON and
+are documented in docs/PROTOCOL.md. Never rename one; add new ones.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    # input shape (nothing reaches the state)
+    MISSING_FIELD = "MISSING_FIELD"
+    INVALID_TYPE = "INVALID_TYPE"
+    INVALID_VALUE = "INVALID_VALUE"
+    UNKNOWN_FIELD = "UNKNOWN_FIELD"
+    UNKNOWN_ACTION = "UNKNOWN_ACTION"
+    INVALID_JSON = "INVALID_JSON"
+    SCENARIO_INVALID = "SCENARIO_INVALID"
+    USAGE_ERROR = "USAGE_ERROR"
+    # domain rejections (state and log untouched)
+    UNKNOWN_PLAN = "UNKNOWN_PLAN"
+    UNKNOWN_ITEM = "UNKNOWN_ITEM"
+    DUPLICATE_ID = "DUPLICATE_ID"
+    PLAN_MISMATCH = "PLAN_MISMATCH"
+    PLAN_ARCHIVED = "PLAN_ARCHIVED"
+    INVALID_TRANSITION = "INVALID_TRANSITION"
+    INVALID_LINK = "INVALID_LINK"
+    EMPTY_CHANGE = "EMPTY_CHANGE"
+    COMMAND_ID_REUSED = "COMMAND_ID_REUSED"
+    # the one rejection that is recorded in the log
+    VERSION_CONFLICT = "VERSION_CONFLICT"
+    # files, sandbox, storage
+    PATH_NOT_ALLOWED = "PATH_NOT_ALLOWED"
+    FILE_NOT_FOUND = "FILE_NOT_FOUND"
+    FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    DB_NOT_INITIALISED = "DB_NOT_INITIALISED"
+    DB_ERROR = "DB_ERROR"
+    DB_BUSY = "DB_BUSY"
+    CHAIN_BROKEN = "CHAIN_BROKEN"
+    EXPECTATION_FAILED = "EXPECTATION_FAILED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class CoordinatorError(Exception):
+    """Root of every error this project raises on purpose.
+
+    ``field`` names the offending input (dotted path, e.g. ``steps.3.expected_version``)
+    when there is one; ``details`` carries structured extras (versions, seq numbers).
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        field: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = ErrorCode(code)
+        self.message = message
+        self.field = field
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": str(self.code), "message": self.message}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class ValidationError(CoordinatorError):
+    """Input that is not well-formed (shape, type, unknown field or action)."""
+
+
+class RejectedError(CoordinatorError):
+    """A well-formed command the current state does not allow."""
+
+
+class StorageError(CoordinatorError):
+    """A database driver error, converted at the transaction boundary."""
+
+
+class SandboxError(CoordinatorError):
+    """A path outside the sandbox allowlist, or a file that cannot be used."""

@@ -1,0 +1,154 @@
+"""Row types of the L0 state and the L1 event, plus the L3 rules that are pure data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final, Literal
+
+ItemState = Literal["TODO", "IN_PROGRESS", "DONE", "BLOCKED"]
+ITEM_STATES: Final = ("TODO", "IN_PROGRESS", "DONE", "BLOCKED")
+PlanStatus = Literal["ACTIVE", "ARCHIVED"]
+PLAN_STATUSES: Final = ("ACTIVE", "ARCHIVED")
+ItemKind = Literal["TASK", "NOTE", "CHECK"]
+LinkType = Literal["DEPENDS_ON", "RELATED"]
+
+#: The only legal item state transitions (from -> allowed targets).
+TRANSITIONS: Final[dict[str, frozenset[str]]] = {
+    "TODO": frozenset({"IN_PROGRESS", "BLOCKED"}),
+    "IN_PROGRESS": frozenset({"DONE", "BLOCKED", "TODO"}),
+    "BLOCKED": frozenset({"TODO", "IN_PROGRESS"}),
+    "DONE": frozenset({"IN_PROGRESS"}),
+}
+
+
+def transition_allowed(src: str, dst: str) -> bool:
+    return dst in TRANSITIONS.get(src, frozenset())
+
+
+class EventType:
+    PLAN_CREATED: Final = "PLAN_CREATED"
+    PLAN_UPDATED: Final = "PLAN_UPDATED"
+    PLAN_ITEM_ADDED: Final = "PLAN_ITEM_ADDED"
+    PLAN_ITEM_UPDATED: Final = "PLAN_ITEM_UPDATED"
+    PLAN_ITEM_STATE_CHANGED: Final = "PLAN_ITEM_STATE_CHANGED"
+    PLAN_LINK_ADDED: Final = "PLAN_LINK_ADDED"
+    PLAN_CONFLICT_DETECTED: Final = "PLAN_CONFLICT_DETECTED"
+
+
+EVENT_TYPES: Final = (
+    EventType.PLAN_CREATED,
+    EventType.PLAN_UPDATED,
+    EventType.PLAN_ITEM_ADDED,
+    EventType.PLAN_ITEM_UPDATED,
+    EventType.PLAN_ITEM_STATE_CHANGED,
+    EventType.PLAN_LINK_ADDED,
+    EventType.PLAN_CONFLICT_DETECTED,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    plan_id: str
+    title: str
+    owner_agent: str
+    status: str
+    version: int
+    created_ts: str
+    updated_ts: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_changes(self, **kw: Any) -> Plan:
+        return replace(self, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    item_id: str
+    plan_id: str
+    kind: str
+    title: str
+    state: str
+    priority: int
+    assigned_to: str | None
+    due_ts: str | None
+    version: int
+    created_ts: str
+    updated_ts: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_changes(self, **kw: Any) -> Item:
+        return replace(self, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    link_id: str
+    plan_id: str
+    from_item_id: str
+    to_item_id: str
+    link_type: str
+    created_ts: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Column order of the events table; the hash preimage covers all but ``hash``.
+EVENT_COLUMNS: Final = (
+    "seq",
+    "event_id",
+    "ts",
+    "event_type",
+    "session_id",
+    "task_id",
+    "actor",
+    "plan_id",
+    "item_id",
+    "command_id",
+    "payload",
+    "prev_hash",
+    "hash",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One L1 event row. ``payload`` is the stored canonical JSON text."""
+
+    seq: int
+    event_id: str
+    ts: str
+    event_type: str
+    session_id: str
+    task_id: str | None
+    actor: str
+    plan_id: str | None
+    item_id: str | None
+    command_id: str | None
+    payload: str
+    prev_hash: str
+    hash: str
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row with ``payload`` parsed, as printed by timelines and sent on the wire."""
+        import json
+
+        out = asdict(self)
+        out["payload"] = json.loads(self.payload)
+        return out
+
+
+@dataclass(slots=True)
+class State:
+    """The whole L0 plan state, used by replay and the in-memory store."""
+
+    plans: dict[str, Plan] = field(default_factory=dict)
+    items: dict[str, Item] = field(default_factory=dict)
+    links: dict[str, Link] = field(default_factory=dict)

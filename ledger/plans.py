@@ -1,0 +1,333 @@
+"""L3 plans: turn a command into an outcome (applied, conflict or rejected).
+
+:class:`Ledger` is the library a process drives: ``apply`` validates, checks the
+command_id record, decides against the current state, and commits the event, its state
+rows and the command record in one transaction. It returns only after the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ledger.chain import canonical_json, event_hash
+from ledger.commands import (
+    AddItem,
+    AddLink,
+    Command,
+    CreatePlan,
+    StateChange,
+    UpdateItem,
+    UpdatePlan,
+    parse_command,
+)
+from ledger.errors import CoordinatorError, ErrorCode, RejectedError, ValidationError
+from ledger.model import Event, EventType, Item, Plan, transition_allowed
+from ledger.persistence import CommandRecord, StateReader, Store, Transaction
+from ledger.projection import project
+
+Status = Literal["APPLIED", "CONFLICT", "REJECTED"]
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(slots=True)
+class CommandResult:
+    """What the ledger answers for one command (and what a retry gets again)."""
+
+    command_id: str | None
+    action: str | None
+    status: Status
+    event_type: str | None = None
+    seq: int | None = None
+    hash: str | None = None
+    new_version: int | None = None
+    current_version: int | None = None
+    error: dict[str, Any] | None = None
+    replayed: bool = False
+    #: Events this call wrote (empty when replayed or rejected); not part of to_dict().
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "APPLIED"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command_id": self.command_id, "action": self.action, "status": self.status,
+            "event_type": self.event_type, "seq": self.seq, "hash": self.hash,
+            "new_version": self.new_version, "current_version": self.current_version,
+            "error": self.error, "replayed": self.replayed,
+        }
+
+    @classmethod
+    def from_outcome(cls, outcome: Mapping[str, Any], *, replayed: bool) -> CommandResult:
+        return cls(
+            outcome.get("command_id"), outcome.get("action"), outcome["status"],
+            event_type=outcome.get("event_type"), seq=outcome.get("seq"),
+            hash=outcome.get("hash"), new_version=outcome.get("new_version"),
+            current_version=outcome.get("current_version"), error=outcome.get("error"),
+            replayed=replayed)
+
+    @classmethod
+    def rejected(cls, command_id: str | None, action: str | None,
+                 error: CoordinatorError) -> CommandResult:
+        return cls(command_id, action, "REJECTED", error=error.to_dict())
+
+
+@dataclass(slots=True)
+class _Decision:
+    event_type: str
+    payload: dict[str, Any]
+    plan_id: str | None
+    item_id: str | None
+    new_version: int | None
+    current_version: int | None = None
+
+
+def fingerprint(command: Command) -> str:
+    return hashlib.sha256(canonical_json(command.fingerprint_dict()).encode()).hexdigest()
+
+
+class Ledger:
+    """Applies plan commands to a :class:`Store`. Single writer: one Ledger per store."""
+
+    def __init__(self, store: Store, *, clock: Callable[[], str] = utc_now,
+                 new_event_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+        self.store = store
+        self._clock = clock
+        self._new_event_id = new_event_id
+
+    def apply(self, command: Command | Mapping[str, Any]) -> CommandResult:
+        """Validate and apply one command; the result is returned after the commit.
+
+        Malformed input is rejected without touching the database. Storage failures
+        raise :class:`ledger.errors.StorageError` and nothing is committed.
+        """
+        try:
+            cmd = parse_command(command)
+        except ValidationError as exc:
+            raw = command if isinstance(command, Mapping) else {}
+            cid, action = raw.get("command_id"), raw.get("action")
+            return CommandResult.rejected(cid if isinstance(cid, str) else None,
+                                          action if isinstance(action, str) else None, exc)
+        with self.store.transaction() as tx:
+            return self._apply_in(tx, cmd)
+
+    def _apply_in(self, tx: Transaction, cmd: Command) -> CommandResult:
+        fp = fingerprint(cmd)
+        record = tx.get_command(cmd.command_id)
+        if record is not None:
+            if record.fingerprint != fp:
+                return CommandResult.rejected(cmd.command_id, cmd.action, RejectedError(
+                    ErrorCode.COMMAND_ID_REUSED,
+                    f"command_id {cmd.command_id!r} was already used for a different command",
+                    field="command_id"))
+            return CommandResult.from_outcome(json.loads(record.outcome), replayed=True)
+        ts = self._clock()
+        try:
+            decision = decide(cmd, tx)
+        except RejectedError as exc:
+            result = CommandResult.rejected(cmd.command_id, cmd.action, exc)
+            tx.put_command(CommandRecord(cmd.command_id, fp, result.status, None,
+                                         canonical_json(result.to_dict()), ts))
+            return result
+        event = self._event(tx, cmd, decision, ts)
+        tx.append_event(event)
+        project(event, decision.payload, tx)
+        status: Status = ("CONFLICT" if decision.event_type == EventType.PLAN_CONFLICT_DETECTED
+                          else "APPLIED")
+        result = CommandResult(
+            cmd.command_id, cmd.action, status, event_type=event.event_type, seq=event.seq,
+            hash=event.hash, new_version=decision.new_version,
+            current_version=decision.current_version, events=[event])
+        if status == "CONFLICT":
+            result.error = {
+                "code": str(ErrorCode.VERSION_CONFLICT),
+                "message": f"expected version {decision.payload['expected_version']}, "
+                           f"current version is {decision.current_version}",
+                "field": "expected_version",
+            }
+        tx.put_command(CommandRecord(cmd.command_id, fp, status, event.seq,
+                                     canonical_json(result.to_dict()), ts))
+        return result
+
+    def _event(self, tx: Transaction, cmd: Command, d: _Decision, ts: str) -> Event:
+        seq, prev = tx.head()
+        fields: dict[str, Any] = {
+            "seq": seq + 1, "event_id": self._new_event_id(), "ts": ts,
+            "event_type": d.event_type, "session_id": cmd.session_id,
+            "task_id": d.item_id or d.plan_id, "actor": cmd.actor, "plan_id": d.plan_id,
+            "item_id": d.item_id, "command_id": cmd.command_id,
+            "payload": canonical_json(d.payload), "prev_hash": prev,
+        }
+        return Event(**fields, hash=event_hash(fields))
+
+
+# --- decide: pure checks against the state, no writes --------------------------------
+
+
+def _payload(cmd: Command, plan_id: str | None, item_id: str | None,
+             expected: int | None, new: int | None, change: dict[str, Any],
+             **extra: Any) -> dict[str, Any]:
+    return {"plan_id": plan_id, "item_id": item_id, "actor": cmd.actor, "action": cmd.action,
+            "expected_version": expected, "new_version": new, "change": change, **extra}
+
+
+def _conflict(cmd: Command, plan_id: str | None, item_id: str | None, expected: int,
+              current: int, change: dict[str, Any]) -> _Decision:
+    payload = _payload(cmd, plan_id, item_id, expected, None, change, current_version=current)
+    return _Decision(EventType.PLAN_CONFLICT_DETECTED, payload, plan_id, item_id, None, current)
+
+
+def _plan(state: StateReader, plan_id: str, field: str = "plan_id") -> Plan:
+    plan = state.get_plan(plan_id)
+    if plan is None:
+        raise RejectedError(ErrorCode.UNKNOWN_PLAN, f"{field}: no plan {plan_id!r}", field=field)
+    return plan
+
+
+def _item(state: StateReader, item_id: str, field: str = "item_id") -> Item:
+    item = state.get_item(item_id)
+    if item is None:
+        raise RejectedError(ErrorCode.UNKNOWN_ITEM, f"{field}: no item {item_id!r}", field=field)
+    return item
+
+
+def _writable(plan: Plan) -> None:
+    if plan.status == "ARCHIVED":
+        raise RejectedError(ErrorCode.PLAN_ARCHIVED,
+                            f"plan {plan.plan_id!r} is archived; unarchive it with UPDATE_PLAN",
+                            field="plan_id")
+
+
+def _same_plan(cmd_plan_id: str | None, item: Item) -> None:
+    if cmd_plan_id is not None and cmd_plan_id != item.plan_id:
+        raise RejectedError(ErrorCode.PLAN_MISMATCH,
+                            f"plan_id: item {item.item_id!r} belongs to plan {item.plan_id!r}, "
+                            f"not {cmd_plan_id!r}", field="plan_id")
+
+
+def decide(cmd: Command, state: StateReader) -> _Decision:
+    """The event a command produces against ``state``, or RejectedError.
+
+    Order of checks for a mutation of something existing: it exists; the version matches
+    (a stale command is a conflict whatever else is wrong with it); then everything else.
+    """
+    match cmd:
+        case CreatePlan():
+            if state.get_plan(cmd.plan_id) is not None:
+                raise RejectedError(ErrorCode.DUPLICATE_ID,
+                                    f"plan_id: plan {cmd.plan_id!r} already exists",
+                                    field="plan_id")
+            change: dict[str, Any] = {"title": cmd.title, "owner_agent": cmd.owner_agent or cmd.actor,
+                      "status": cmd.status}
+            return _Decision(EventType.PLAN_CREATED,
+                             _payload(cmd, cmd.plan_id, None, None, 1, change),
+                             cmd.plan_id, None, 1)
+        case UpdatePlan():
+            plan = _plan(state, cmd.plan_id)
+            change = cmd.change.model_dump(exclude_unset=True)
+            if plan.version != cmd.expected_version:
+                return _conflict(cmd, plan.plan_id, None, cmd.expected_version, plan.version,
+                                 change)
+            if not change:
+                raise RejectedError(ErrorCode.EMPTY_CHANGE, "change: nothing to change",
+                                    field="change")
+            for key, value in change.items():
+                if value is None:
+                    raise RejectedError(ErrorCode.INVALID_VALUE,
+                                        f"change.{key}: cannot be null", field=f"change.{key}")
+            previous = {k: getattr(plan, k) for k in change}
+            new = plan.version + 1
+            return _Decision(EventType.PLAN_UPDATED,
+                             _payload(cmd, plan.plan_id, None, cmd.expected_version, new,
+                                      change, previous=previous),
+                             plan.plan_id, None, new)
+        case AddItem():
+            plan = _plan(state, cmd.plan_id)
+            _writable(plan)
+            if state.get_item(cmd.item_id) is not None:
+                raise RejectedError(ErrorCode.DUPLICATE_ID,
+                                    f"item_id: item {cmd.item_id!r} already exists",
+                                    field="item_id")
+            change = {"kind": cmd.kind, "title": cmd.title, "state": cmd.state,
+                      "priority": cmd.priority, "assigned_to": cmd.assigned_to,
+                      "due_ts": cmd.due_ts}
+            return _Decision(EventType.PLAN_ITEM_ADDED,
+                             _payload(cmd, plan.plan_id, cmd.item_id, None, 1, change),
+                             plan.plan_id, cmd.item_id, 1)
+        case UpdateItem():
+            item = _item(state, cmd.item_id)
+            change = cmd.change.model_dump(exclude_unset=True)
+            if item.version != cmd.expected_version:
+                return _conflict(cmd, item.plan_id, item.item_id, cmd.expected_version,
+                                 item.version, change)
+            _same_plan(cmd.plan_id, item)
+            _writable(_plan(state, item.plan_id))
+            if not change:
+                raise RejectedError(ErrorCode.EMPTY_CHANGE, "change: nothing to change",
+                                    field="change")
+            for key in ("title", "kind", "priority"):
+                if key in change and change[key] is None:
+                    raise RejectedError(ErrorCode.INVALID_VALUE,
+                                        f"change.{key}: cannot be null", field=f"change.{key}")
+            previous = {k: getattr(item, k) for k in change}
+            new = item.version + 1
+            return _Decision(EventType.PLAN_ITEM_UPDATED,
+                             _payload(cmd, item.plan_id, item.item_id, cmd.expected_version,
+                                      new, change, previous=previous),
+                             item.plan_id, item.item_id, new)
+        case StateChange():
+            item = _item(state, cmd.item_id)
+            change = {"state": cmd.change.state}
+            if item.version != cmd.expected_version:
+                return _conflict(cmd, item.plan_id, item.item_id, cmd.expected_version,
+                                 item.version, change)
+            _same_plan(cmd.plan_id, item)
+            _writable(_plan(state, item.plan_id))
+            if not transition_allowed(item.state, cmd.change.state):
+                raise RejectedError(
+                    ErrorCode.INVALID_TRANSITION,
+                    f"change.state: {item.state} -> {cmd.change.state} is not allowed "
+                    f"for item {item.item_id!r}",
+                    field="change.state", details={"from": item.state, "to": cmd.change.state})
+            new = item.version + 1
+            return _Decision(EventType.PLAN_ITEM_STATE_CHANGED,
+                             _payload(cmd, item.plan_id, item.item_id, cmd.expected_version,
+                                      new, change, previous={"state": item.state}),
+                             item.plan_id, item.item_id, new)
+        case AddLink():
+            src = _item(state, cmd.from_item_id, "from_item_id")
+            dst = _item(state, cmd.to_item_id, "to_item_id")
+            _same_plan(cmd.plan_id, src)
+            _writable(_plan(state, src.plan_id))
+            if state.get_link(cmd.link_id) is not None:
+                raise RejectedError(ErrorCode.DUPLICATE_ID,
+                                    f"link_id: link {cmd.link_id!r} already exists",
+                                    field="link_id")
+            if src.item_id == dst.item_id:
+                raise RejectedError(ErrorCode.INVALID_LINK, "to_item_id: an item cannot link "
+                                    "to itself", field="to_item_id")
+            if src.plan_id != dst.plan_id:
+                raise RejectedError(ErrorCode.INVALID_LINK,
+                                    f"to_item_id: {dst.item_id!r} is in plan {dst.plan_id!r},"
+                                    f" {src.item_id!r} in {src.plan_id!r}", field="to_item_id")
+            existing = state.find_link(src.item_id, dst.item_id, cmd.link_type)
+            if existing is not None:
+                raise RejectedError(ErrorCode.INVALID_LINK,
+                                    f"link_id: {src.item_id} {cmd.link_type} {dst.item_id} "
+                                    f"exists already as {existing.link_id!r}", field="link_id")
+            change = {"link_id": cmd.link_id, "from_item_id": src.item_id,
+                      "to_item_id": dst.item_id, "link_type": cmd.link_type}
+            return _Decision(EventType.PLAN_LINK_ADDED,
+                             _payload(cmd, src.plan_id, src.item_id, None, None, change),
+                             src.plan_id, src.item_id, None)
+    raise AssertionError(f"unhandled command {cmd!r}")  # pragma: no cover

@@ -1,0 +1,184 @@
+"""Scenario files: a scripted list of plan commands with the outcome each expects.
+
+File shape (JSON; schema/scenario.schema.json is generated from these models)::
+
+    {"scenario_id": "...", "session_id": "...", "description": "...",
+     "steps": [{"action": "CREATE_PLAN", "actor": "Liam", ..., "expect": "APPLIED"}]}
+
+A step is a command (see :mod:`ledger.commands`) without ``session_id`` (taken from the
+scenario) and with ``command_id`` defaulting to ``<scenario_id>:<step index>``, so
+applying a file twice writes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ledger.commands import (
+    COMMAND_TYPES,
+    Command,
+    Id,
+    parse_command,
+    validation_error_from_pydantic,
+)
+from ledger.errors import ErrorCode, SandboxError, ValidationError
+from ledger.model import EventType
+from ledger.plans import CommandResult, Ledger
+
+Expect = Literal["APPLIED", "CONFLICT", "REJECTED"]
+MAX_SCENARIO_BYTES: Final = 5 * 1024 * 1024
+MAX_STEPS: Final = 10_000
+STEP_EXTRAS: Final = ("expect", "note")
+
+
+class ScenarioHeader(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    scenario_id: Id
+    session_id: Id
+    description: str | None = None
+    steps: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_STEPS)]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    index: int
+    expect: Expect
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    scenario_id: str
+    session_id: str
+    description: str | None
+    steps: tuple[Step, ...]
+
+
+def parse_scenario(data: Any) -> Scenario:
+    """Validate a decoded scenario; every error names its location (``steps.3.title``)."""
+    if not isinstance(data, dict):
+        raise ValidationError(ErrorCode.INVALID_TYPE, "a scenario must be a JSON object")
+    try:
+        header = ScenarioHeader.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise validation_error_from_pydantic(exc) from None
+    steps = []
+    for i, raw in enumerate(header.steps):
+        where = f"steps.{i}"
+        body = dict(raw)
+        expect = body.pop("expect", "APPLIED")
+        body.pop("note", None)
+        if expect not in ("APPLIED", "CONFLICT", "REJECTED"):
+            raise ValidationError(ErrorCode.INVALID_VALUE,
+                                  f"{where}.expect: must be APPLIED, CONFLICT or REJECTED",
+                                  field=f"{where}.expect")
+        if "session_id" in body:
+            raise ValidationError(ErrorCode.UNKNOWN_FIELD,
+                                  f"{where}.session_id: set session_id once, at the top",
+                                  field=f"{where}.session_id")
+        body.setdefault("command_id", f"{header.scenario_id}:{i}")
+        body["session_id"] = header.session_id
+        steps.append(Step(i, expect, parse_command(body, prefix=where)))
+    return Scenario(header.scenario_id, header.session_id, header.description, tuple(steps))
+
+
+def load_scenario(path: Path) -> Scenario:
+    size = path.stat().st_size
+    if size > MAX_SCENARIO_BYTES:
+        raise SandboxError(ErrorCode.FILE_TOO_LARGE,
+                           f"{path.name}: {size} bytes, the limit is {MAX_SCENARIO_BYTES}")
+    try:
+        data = json.loads(path.read_bytes())
+    except UnicodeDecodeError as exc:
+        raise ValidationError(ErrorCode.INVALID_JSON, f"{path.name}: not UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(ErrorCode.INVALID_JSON,
+                              f"{path.name}: line {exc.lineno} column {exc.colno}: {exc.msg}",
+                              details={"line": exc.lineno, "column": exc.colno}) from None
+    return parse_scenario(data)
+
+
+_COUNTED: Final = {
+    EventType.PLAN_CREATED: "plans_created",
+    EventType.PLAN_UPDATED: "plan_updates",
+    EventType.PLAN_ITEM_ADDED: "items_added",
+    EventType.PLAN_ITEM_UPDATED: "item_updates",
+    EventType.PLAN_ITEM_STATE_CHANGED: "state_changes",
+    EventType.PLAN_LINK_ADDED: "links_added",
+}
+
+
+def build_report(scenario: Scenario, results: Iterable[CommandResult]) -> dict[str, Any]:
+    """The apply-scenario JSON, from each step's result (in-process or over the bus)."""
+    counts = dict.fromkeys(_COUNTED.values(), 0)
+    conflicts = rejected = written = replayed = 0
+    steps_out = []
+    ok = True
+    for step, res in zip(scenario.steps, results, strict=True):
+        if res.status == "APPLIED" and res.event_type in _COUNTED:
+            counts[_COUNTED[res.event_type]] += 1
+        conflicts += res.status == "CONFLICT"
+        rejected += res.status == "REJECTED"
+        written += len(res.events)
+        replayed += res.replayed
+        matched = res.status == step.expect
+        ok &= matched
+        out = {"index": step.index, "action": step.command.action, "actor": step.command.actor,
+               "expect": step.expect, "matched": matched, **res.to_dict()}
+        steps_out.append(out)
+    return {
+        "ok": ok, "scenario_id": scenario.scenario_id, "session_id": scenario.session_id,
+        "plan_created": counts["plans_created"] > 0, **counts, "conflicts": conflicts,
+        "rejected": rejected, "events_written": written, "replayed": replayed,
+        "steps": steps_out,
+    }
+
+
+def apply_scenario(ledger: Ledger, scenario: Scenario) -> dict[str, Any]:
+    """Apply every step in order through the core, in-process."""
+    return build_report(scenario, [ledger.apply(step.command) for step in scenario.steps])
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a scenario file, derived from the command models."""
+    variants: list[Any] = [
+        create_model(
+            f"{model.__name__}Step",
+            __base__=model,
+            command_id=(Id | None, Field(None, description="default: <scenario_id>:<index>")),
+            expect=(Expect, "APPLIED"),
+            note=(str | None, None),
+        )
+        for model in COMMAND_TYPES.values()
+    ]
+    step: Any = variants[0]
+    for variant in variants[1:]:
+        step = step | variant
+    steps_type: Any = Annotated[list[Annotated[step, Field(discriminator="action")]],
+                                Field(min_length=1, max_length=MAX_STEPS)]
+    model = create_model(
+        "ScenarioFile",
+        __config__=ConfigDict(extra="forbid", title="Scenario file"),
+        scenario_id=(Id, ...),
+        session_id=(Id, ...),
+        description=(str | None, None),
+        steps=(steps_type, ...),
+    )
+    schema = model.model_json_schema()
+    for definition in schema.get("$defs", {}).values():  # session_id comes from the top
+        definition.get("properties", {}).pop("session_id", None)
+        if "session_id" in definition.get("required", []):
+            definition["required"].remove("session_id")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+if __name__ == "__main__":  # regenerate: .venv/bin/python -m ledger.scenario > schema/...
+    print(json.dumps(json_schema(), indent=2))
