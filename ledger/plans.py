@@ -227,8 +227,9 @@ def decide(cmd: Command, state: StateReader) -> _Decision:
                 raise RejectedError(ErrorCode.DUPLICATE_ID,
                                     f"plan_id: plan {cmd.plan_id!r} already exists",
                                     field="plan_id")
-            change: dict[str, Any] = {"title": cmd.title, "owner_agent": cmd.owner_agent or cmd.actor,
-                      "status": cmd.status}
+            change: dict[str, Any] = {
+                "title": cmd.title, "owner_agent": cmd.owner_agent or cmd.actor,
+                "status": cmd.status}
             return _Decision(EventType.PLAN_CREATED,
                              _payload(cmd, cmd.plan_id, None, None, 1, change),
                              cmd.plan_id, None, 1)

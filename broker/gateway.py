@@ -1,0 +1,323 @@
+"""The broker: the gateway of the spec pack (ingress -> normalise -> route).
+
+Sockets:
+- ROUTER ``--front`` (bound): agents' DEALERs. Every request is size-checked, decoded,
+  normalised and validated; malformed input gets a specific error and goes no further.
+- DEALER -> ledger ROUTER ``--ledger``: COMMAND, QUERY and REPLAY, tagged with a request
+  key so replies find their way back; at most ``--max-inflight`` at once (else BUSY).
+- SUB -> ledger PUB ``--ledger-pub``, republished as-is on PUB ``--pub`` (bound), plus the
+  broker's own heartbeat, so agents and monitors need only the broker's addresses.
+
+The ledger counts as up while it has been heard from (reply, event or heartbeat) within
+``--liveness`` seconds. While it is down, requests for it get LEDGER_UNAVAILABLE at once,
+and requests in flight are failed the moment it is declared down or their
+``--request-timeout`` expires (the command may have been applied: retry with the same
+command_id, which is idempotent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from broker import protocol as wire
+from broker.normalise import normalise
+from ledger.commands import parse_command
+from ledger.errors import CoordinatorError, ErrorCode
+from ledger.plans import utc_now
+from ledger.service import LINGER_MS, announce, install_stop_signals, setup_logging
+
+DEFAULT_FRONT = "tcp://127.0.0.1:5570"
+DEFAULT_PUB = "tcp://127.0.0.1:5571"
+DEFAULT_LEDGER = "tcp://127.0.0.1:5580"
+DEFAULT_LEDGER_PUB = "tcp://127.0.0.1:5581"
+COORDINATOR = "Mary"
+PUB_HWM = 100_000
+
+log = logging.getLogger("broker")
+
+
+@dataclass(slots=True)
+class _InFlight:
+    envelope: list[bytes]
+    request_id: str
+    deadline: float
+
+
+@dataclass(slots=True)
+class BrokerConfig:
+    front: str = DEFAULT_FRONT
+    pub: str = DEFAULT_PUB
+    ledger: str = DEFAULT_LEDGER
+    ledger_pub: str = DEFAULT_LEDGER_PUB
+    max_inflight: int = 1024
+    request_timeout: float = 10.0
+    heartbeat: float = 1.0
+    liveness: float = 3.0
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.front = self._socket(zmq.ROUTER)
+        self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.front.setsockopt(zmq.MAXMSGSIZE, 4 * wire.MAX_FRAME_BYTES)
+        self.front.bind(config.front)
+        self.pub = self._socket(zmq.PUB)
+        self.pub.sndhwm = PUB_HWM
+        self.pub.bind(config.pub)
+        self.backend = self._socket(zmq.DEALER)
+        self.backend.setsockopt(zmq.IMMEDIATE, 1)  # never queue for an absent ledger
+        self.backend.connect(config.ledger)
+        self.ledger_sub = self._socket(zmq.SUB)
+        self.ledger_sub.rcvhwm = PUB_HWM
+        self.ledger_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.ledger_sub.connect(config.ledger_pub)
+        self.endpoints = {
+            "front": self.front.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
+            "pub": self.pub.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
+            "ledger": config.ledger, "ledger_pub": config.ledger_pub,
+        }
+        self.agents: dict[str, bytes] = {}
+        self.inflight: dict[bytes, _InFlight] = {}
+        self._keys = itertools.count(1)
+        self.ledger_seen = float("-inf")
+        self.head_seq = 0
+        self.head_hash = "0" * 64
+        self.stats = {"requests": 0, "forwarded": 0, "refused": 0, "events": 0}
+
+    def _socket(self, kind: int) -> zmq.Socket[bytes]:
+        sock = self.ctx.socket(kind)
+        sock.linger = LINGER_MS
+        return sock
+
+    @property
+    def ledger_up(self) -> bool:
+        return time.monotonic() - self.ledger_seen < self.config.liveness
+
+    # --- loop ----------------------------------------------------------------------
+
+    def serve(self, stop: threading.Event) -> None:
+        poller = zmq.Poller()
+        for sock in (self.front, self.backend, self.ledger_sub):
+            poller.register(sock, zmq.POLLIN)
+        next_beat = 0.0
+        was_up = False
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._heartbeat()
+                    next_beat = now + self.config.heartbeat
+                up = self.ledger_up
+                if was_up != up:
+                    log.info("ledger is %s", "up" if up else "DOWN")
+                    was_up = up
+                self._expire(now, up)
+                for sock, _ in poller.poll(int(max(0.0, min(next_beat - now, 0.1)) * 1000)):
+                    if sock is self.front:
+                        self._on_front(self.front.recv_multipart())
+                    elif sock is self.backend:
+                        self._on_backend(self.backend.recv_multipart())
+                    else:
+                        self._on_ledger_pub(self.ledger_sub.recv_multipart())
+        finally:
+            self.close()
+
+    # --- agents -> broker ----------------------------------------------------------
+
+    def _reply(self, envelope: list[bytes], reply: wire.Reply | wire.Deliver) -> None:
+        try:
+            self.front.send_multipart([*envelope, *wire.encode(reply)])
+        except zmq.ZMQError as exc:  # the client went away: nothing to do
+            log.debug("reply to a gone client dropped: %s", exc)
+
+    def _refuse(self, envelope: list[bytes], request_id: str | None,
+                error: CoordinatorError) -> None:
+        self.stats["refused"] += 1
+        self._reply(envelope, wire.error_reply(request_id, error))
+
+    def _on_front(self, frames: list[bytes]) -> None:
+        self.stats["requests"] += 1
+        # [identity, (b"" if the client is a REQ socket), PROTOCOL, header, body]
+        cut = 2 if len(frames) > 1 and frames[1] == b"" else 1
+        envelope, body = frames[:cut], frames[cut:]
+        request_id = None
+        try:
+            too_big = max((len(f) for f in body), default=0)
+            if too_big > wire.MAX_FRAME_BYTES:
+                raise wire.ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
+                                         f"frame of {too_big} bytes exceeds the limit of "
+                                         f"{wire.MAX_FRAME_BYTES}")
+            request_id = wire.header_id(body)
+            header, data = wire.decode_parts(body)
+            msg = wire.from_parts(*normalise(header, data))
+            request_id = msg.id
+            self._route(envelope, msg)
+        except CoordinatorError as exc:
+            self._refuse(envelope, request_id, exc)
+
+    def _route(self, envelope: list[bytes], msg: Any) -> None:
+        match msg:
+            case wire.Hello():
+                if msg.actor is None:
+                    raise CoordinatorError(ErrorCode.MISSING_FIELD, "HELLO needs an actor",
+                                           field="actor")
+                self.agents[msg.actor] = envelope[0]
+                self._reply(envelope, wire.Reply(id=msg.id, ok=True,
+                                                 result={"registered": msg.actor}))
+            case wire.Ping():
+                self._reply(envelope, wire.Reply(id=msg.id, ok=True, result={
+                    "broker_up": True, "ledger_up": self.ledger_up, "head_seq": self.head_seq,
+                    "head_hash": self.head_hash, "inflight": len(self.inflight)}))
+            case wire.CommandMsg():
+                # validate the command here, so malformed ones never reach the ledger
+                parse_command({**msg.command, "command_id": msg.id, "actor": msg.actor,
+                               "session_id": msg.session_id})
+                self._forward(envelope, msg)
+            case wire.Query() | wire.Replay():
+                self._forward(envelope, msg)
+            case wire.Send():
+                self._deliver(envelope, msg)
+            case _:
+                raise CoordinatorError(ErrorCode.INVALID_MESSAGE,
+                                       f"{msg.type} is not a request", field="type")
+
+    def _forward(self, envelope: list[bytes], msg: Any) -> None:
+        if not self.ledger_up:
+            raise CoordinatorError(ErrorCode.LEDGER_UNAVAILABLE,
+                                   "the ledger is not reachable; retry later with the same id")
+        if len(self.inflight) >= self.config.max_inflight:
+            raise CoordinatorError(ErrorCode.BUSY, f"{len(self.inflight)} requests in flight "
+                                   "(the limit); retry shortly")
+        key = next(self._keys).to_bytes(8, "big")
+        try:
+            self.backend.send_multipart([key, *wire.encode(msg)], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise CoordinatorError(ErrorCode.LEDGER_UNAVAILABLE,
+                                   "the ledger is not connected; retry later") from None
+        self.inflight[key] = _InFlight(envelope, msg.id,
+                                       time.monotonic() + self.config.request_timeout)
+        self.stats["forwarded"] += 1
+
+    def _deliver(self, envelope: list[bytes], msg: wire.Send) -> None:
+        target = msg.to or COORDINATOR
+        identity = self.agents.get(target)
+        if identity is None:
+            raise CoordinatorError(ErrorCode.UNKNOWN_RECIPIENT,
+                                   f"no agent {target!r} is connected", field="to")
+        try:
+            self.front.send_multipart([identity, *wire.encode(wire.Deliver(
+                id=msg.id, actor=msg.actor, session_id=msg.session_id, to=target,
+                kind=msg.kind, data=msg.data))])
+        except zmq.ZMQError:
+            self.agents.pop(target, None)
+            raise CoordinatorError(ErrorCode.UNKNOWN_RECIPIENT,
+                                   f"agent {target!r} has disconnected", field="to") from None
+        self._reply(envelope, wire.Reply(id=msg.id, ok=True, result={"delivered_to": target}))
+
+    # --- ledger -> broker ----------------------------------------------------------
+
+    def _on_backend(self, frames: list[bytes]) -> None:
+        self.ledger_seen = time.monotonic()
+        pending = self.inflight.pop(frames[0], None)
+        if pending is None:
+            return  # already answered with LEDGER_UNAVAILABLE
+        with contextlib.suppress(zmq.ZMQError):
+            self.front.send_multipart([*pending.envelope, *frames[1:]])
+
+    def _on_ledger_pub(self, frames: list[bytes]) -> None:
+        self.ledger_seen = time.monotonic()
+        if frames[0] == wire.TOPIC_EVENT:
+            self.stats["events"] += 1
+            self.pub.send_multipart(frames)
+            try:
+                _header, body = wire.decode_parts(frames[1:])
+                self.head_seq = max(self.head_seq, int(body["event"]["seq"]))
+                self.head_hash = body["event"]["hash"] if self.head_seq == int(
+                    body["event"]["seq"]) else self.head_hash
+            except (CoordinatorError, KeyError, TypeError, ValueError):
+                log.warning("malformed event from the ledger")
+        elif frames[0] == wire.TOPIC_HEARTBEAT:
+            try:
+                beat = wire.decode(frames[1:])
+                if beat.head_seq >= self.head_seq:
+                    self.head_seq, self.head_hash = beat.head_seq, beat.head_hash
+            except CoordinatorError:
+                log.warning("malformed heartbeat from the ledger")
+
+    def _expire(self, now: float, up: bool) -> None:
+        if not self.inflight:
+            return
+        dead = [k for k, p in self.inflight.items() if not up or p.deadline <= now]
+        for key in dead:
+            pending = self.inflight.pop(key)
+            reason = ("the ledger stopped answering" if not up
+                      else f"no answer from the ledger within {self.config.request_timeout}s")
+            self._refuse(pending.envelope, pending.request_id, CoordinatorError(
+                ErrorCode.LEDGER_UNAVAILABLE,
+                f"{reason}; the command may or may not have been applied: retry with the "
+                "same id (retries are idempotent)"))
+
+    def _heartbeat(self) -> None:
+        beat = wire.Heartbeat(id=str(self.head_seq), source="broker", head_seq=self.head_seq,
+                              head_hash=self.head_hash, ts=utc_now(), ledger_up=self.ledger_up)
+        self.pub.send_multipart([wire.TOPIC_HEARTBEAT, *wire.encode(beat)])
+
+    def close(self) -> None:
+        for sock in (self.front, self.pub, self.backend, self.ledger_sub):
+            sock.close()
+        self.ctx.term()
+
+
+def main(argv: list[str] | None = None) -> None:
+    d = BrokerConfig()
+    p = argparse.ArgumentParser(
+        prog="broker",
+        description="Run the broker: agents connect a DEALER to --front and a SUB to --pub; "
+        "the broker validates and normalises every request, forwards plan commands and "
+        "queries to the ledger, routes agent messages (no recipient: Mary) and republishes "
+        "the ledger's events. Binds to loopback by default. Stop with Ctrl-C or SIGTERM.")
+    p.add_argument("--front", default=d.front, metavar="ADDR",
+                   help=f"ROUTER for agents (default {d.front}; port * picks a free one)")
+    p.add_argument("--pub", default=d.pub, metavar="ADDR",
+                   help=f"PUB for events and heartbeats (default {d.pub})")
+    p.add_argument("--ledger", default=d.ledger, metavar="ADDR",
+                   help=f"the ledger's ROUTER (default {d.ledger})")
+    p.add_argument("--ledger-pub", default=d.ledger_pub, metavar="ADDR",
+                   help=f"the ledger's PUB (default {d.ledger_pub})")
+    p.add_argument("--max-inflight", type=int, default=d.max_inflight, metavar="N",
+                   help=f"requests at the ledger at once before BUSY (default {d.max_inflight})")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout, metavar="S",
+                   help=f"fail a request the ledger has not answered in S seconds "
+                   f"(default {d.request_timeout})")
+    p.add_argument("--heartbeat", type=float, default=d.heartbeat, metavar="S",
+                   help=f"heartbeat interval (default {d.heartbeat})")
+    p.add_argument("--liveness", type=float, default=d.liveness, metavar="S",
+                   help=f"declare the ledger down after S silent seconds (default {d.liveness})")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging("broker", args.verbose)
+    stop = install_stop_signals()
+    config = BrokerConfig(args.front, args.pub, args.ledger, args.ledger_pub,
+                          args.max_inflight, args.request_timeout, args.heartbeat,
+                          args.liveness)
+    try:
+        broker = Broker(config)
+    except zmq.ZMQError as exc:
+        announce({"ok": False, "error": {"code": str(ErrorCode.BIND_FAILED),
+                                         "message": str(exc)}})
+        sys.exit(2)
+    announce({"ok": True, "ready": True, "role": "broker", "endpoints": broker.endpoints})
+    broker.serve(stop)
+    log.info("stopped: %s", broker.stats)

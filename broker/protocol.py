@@ -1,0 +1,265 @@
+"""The wire format of the bus: every message model, and the codec.
+
+This is the only module that imports msgpack. docs/PROTOCOL.md describes the same thing
+for someone writing a client with only pyzmq and msgpack; keep the two in step.
+
+A message is three ZeroMQ frames::
+
+    [PROTOCOL]  b"L3BUS/1"               protocol id and major version
+    [HEADER]    msgpack map               type, id, actor, session_id
+    [BODY]      msgpack map               the type's fields
+
+On the PUB stream a topic frame comes first (b"event" or b"heartbeat").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Final, Literal
+
+import msgpack
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ledger.commands import ID_PATTERN, validation_error_from_pydantic
+from ledger.errors import CoordinatorError, ErrorCode
+
+PROTOCOL_NAME: Final = b"L3BUS"
+PROTOCOL_VERSION: Final = 1
+PROTOCOL: Final = PROTOCOL_NAME + b"/" + str(PROTOCOL_VERSION).encode()
+TOPIC_EVENT: Final = b"event"
+TOPIC_HEARTBEAT: Final = b"heartbeat"
+#: Frames larger than this are refused before they are decoded.
+MAX_FRAME_BYTES: Final = 1 << 20
+#: Most events one REPLAY reply carries; ask again from the last seq + 1 for more.
+MAX_REPLAY_BATCH: Final = 1000
+HEADER_KEYS: Final = ("type", "id", "actor", "session_id")
+
+WireId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+
+
+class ProtocolError(CoordinatorError):
+    """A frame or message that does not follow the protocol."""
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    #: request id; for COMMAND it is the command_id (retries reuse it)
+    id: WireId
+    actor: WireId | None = None
+    session_id: WireId | None = None
+
+
+# --- requests (agent -> broker -> ledger) ----------------------------------------------
+
+
+class Hello(_Msg):
+    """Register the sender's routing identity under ``actor`` for agent messages."""
+
+    type: Literal["HELLO"] = "HELLO"
+
+
+class Ping(_Msg):
+    type: Literal["PING"] = "PING"
+
+
+class CommandMsg(_Msg):
+    """A plan command; ``command`` holds ``action`` and its fields (see ledger.commands),
+    without command_id, actor and session_id, which come from the header."""
+
+    type: Literal["COMMAND"] = "COMMAND"
+    actor: WireId
+    session_id: WireId
+    command: dict[str, Any]
+
+
+QueryName = Literal["list-plans", "show-plan", "list-items", "session-timeline",
+                    "task-timeline", "plan-timeline", "list-sessions", "summary", "verify",
+                    "get-item", "get-plan"]
+QUERY_NAMES: Final = QueryName.__args__  # type: ignore[attr-defined]
+
+
+class Query(_Msg):
+    type: Literal["QUERY"] = "QUERY"
+    query: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Replay(_Msg):
+    """Events with from_seq <= seq (<= to_seq), at most ``limit``, as stored rows."""
+
+    type: Literal["REPLAY"] = "REPLAY"
+    from_seq: Annotated[int, Field(ge=1)] = 1
+    to_seq: Annotated[int, Field(ge=1)] | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_REPLAY_BATCH)] = MAX_REPLAY_BATCH
+
+
+class Send(_Msg):
+    """An agent-to-agent message; no ``to`` means the coordinator agent, Mary."""
+
+    type: Literal["SEND"] = "SEND"
+    actor: WireId
+    to: WireId | None = None
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- answers and pushes ----------------------------------------------------------------
+
+
+class Reply(_Msg):
+    """The answer to any request; ``id`` echoes the request's id (command_id)."""
+
+    type: Literal["REPLY"] = "REPLY"
+    ok: bool
+    status: Literal["APPLIED", "CONFLICT", "REJECTED"] | None = None
+    error: dict[str, Any] | None = None
+    event_type: str | None = None
+    seq: int | None = None
+    hash: str | None = None
+    new_version: int | None = None
+    current_version: int | None = None
+    replayed: bool = False
+    result: dict[str, Any] | None = None
+
+
+class Deliver(_Msg):
+    """An agent message delivered to its recipient (``actor`` is the sender)."""
+
+    type: Literal["DELIVER"] = "DELIVER"
+    to: WireId
+    kind: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventMsg(_Msg):
+    """One committed event, exactly as stored (``payload`` is the canonical JSON text),
+    so a subscriber can check the hash chain itself. ``id`` is str(seq)."""
+
+    type: Literal["EVENT"] = "EVENT"
+    event: dict[str, Any]
+
+
+class Heartbeat(_Msg):
+    type: Literal["HEARTBEAT"] = "HEARTBEAT"
+    source: Literal["ledger", "broker"]
+    head_seq: int
+    head_hash: str
+    ts: str
+    ledger_up: bool = True
+
+
+Message = Annotated[
+    Hello | Ping | CommandMsg | Query | Replay | Send | Reply | Deliver | EventMsg | Heartbeat,
+    Field(discriminator="type"),
+]
+REQUEST_TYPES: Final = ("HELLO", "PING", "COMMAND", "QUERY", "REPLAY", "SEND")
+_MESSAGE_TYPES: Final[dict[str, type[_Msg]]] = {
+    m.model_fields["type"].default: m
+    for m in (Hello, Ping, CommandMsg, Query, Replay, Send, Reply, Deliver, EventMsg, Heartbeat)
+}
+MESSAGE_TYPES: Final = tuple(_MESSAGE_TYPES)
+
+
+# --- codec -----------------------------------------------------------------------------
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
+                            f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME,
+                            f"frame is not valid msgpack: {exc}") from None
+
+
+def encode(msg: _Msg) -> list[bytes]:
+    """[PROTOCOL, header, body] for a message model."""
+    data = msg.model_dump(mode="python")
+    header = {k: data.pop(k) for k in HEADER_KEYS}
+    return [PROTOCOL, pack(header), pack(data)]
+
+
+def check_protocol(frame: bytes) -> None:
+    if frame == PROTOCOL:
+        return
+    name, _, version = frame.partition(b"/")
+    if name == PROTOCOL_NAME:
+        raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
+                            f"protocol version {version.decode(errors='replace')!r} is not "
+                            f"supported; this side speaks {PROTOCOL.decode()}",
+                            details={"supported": PROTOCOL.decode()})
+    raise ProtocolError(ErrorCode.MALFORMED_FRAME,
+                        f"first frame must be the protocol id {PROTOCOL.decode()!r}")
+
+
+def decode_header(frames: Sequence[bytes]) -> dict[str, Any]:
+    """Check the frame count, protocol frame and header; return the header map."""
+    if len(frames) != 3:
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME,
+                            f"expected 3 frames (protocol, header, body), got {len(frames)}")
+    check_protocol(frames[0])
+    header = unpack(frames[1])
+    if not isinstance(header, dict):
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "header frame must be a msgpack map")
+    return header
+
+
+def decode_parts(frames: Sequence[bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check frames and unpack them into (header, body) maps, not yet validated."""
+    header = decode_header(frames)
+    body = unpack(frames[2])
+    if not isinstance(body, dict):
+        raise ProtocolError(ErrorCode.MALFORMED_FRAME, "body frame must be a msgpack map")
+    return header, body
+
+
+def from_parts(header: dict[str, Any], body: dict[str, Any]) -> Any:
+    """Validate an unpacked (header, body) into one of the message models."""
+    kind = header.get("type")
+    model = _MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE_TYPE,
+                            f"unknown message type {kind!r}; expected one of "
+                            f"{', '.join(MESSAGE_TYPES)}", field="type")
+    unknown = set(header) - set(HEADER_KEYS)
+    if unknown:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                            f"unknown header field(s): {', '.join(sorted(map(str, unknown)))}",
+                            field="header")
+    clash = set(body) & set(HEADER_KEYS)
+    if clash:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE,
+                            f"header field(s) in the body: {', '.join(sorted(clash))}",
+                            field="body")
+    try:
+        return model.model_validate({**body, **header})
+    except pydantic.ValidationError as exc:
+        err = validation_error_from_pydantic(exc)
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, err.message, field=err.field,
+                            details=err.details) from None
+
+
+def decode(frames: Sequence[bytes]) -> Any:
+    """Validate three frames into one of the message models (raises ProtocolError)."""
+    return from_parts(*decode_parts(frames))
+
+
+def header_id(frames: Sequence[bytes]) -> str | None:
+    """Best effort: the request id of a message that failed to decode, to echo it."""
+    try:
+        header = unpack(frames[1]) if len(frames) >= 2 else None
+    except ProtocolError:
+        return None
+    value = header.get("id") if isinstance(header, dict) else None
+    return value if isinstance(value, str) and len(value) <= 128 else None
+
+
+def error_reply(request_id: str | None, error: CoordinatorError) -> Reply:
+    return Reply(id=request_id or "unknown", ok=False, error=error.to_dict())

@@ -1,0 +1,263 @@
+"""The ledger process: the only writer of the database, behind a ZeroMQ ROUTER.
+
+Sockets (both bound here):
+- ROUTER ``--bind``: requests from the broker, ``[broker id, request key, PROTOCOL,
+  header, body]``; answered with ``[broker id, request key, PROTOCOL, header, body]``.
+- PUB ``--pub``: ``[b"event", ...]`` for every committed event in seq order, and
+  ``[b"heartbeat", ...]`` every ``--heartbeat`` seconds with the head seq.
+
+COMMANDs are applied on the main thread, which replies only after the commit and then
+publishes. QUERY, REPLAY and PING go to a reader thread with its own read-only
+connection, so reads never stall the writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from broker import protocol as wire
+from ledger import queries, sqlite
+from ledger.errors import CoordinatorError, ErrorCode
+from ledger.model import Event
+from ledger.plans import CommandResult, Ledger, utc_now
+from ledger.sandbox import resolve_db, sandbox_root
+from ledger.service import LINGER_MS, announce, install_stop_signals, setup_logging
+from ledger.sqlite import SqliteStore
+from ledger.verify import verify_store
+
+DEFAULT_BIND = "tcp://127.0.0.1:5580"
+DEFAULT_PUB = "tcp://127.0.0.1:5581"
+READER_ENDPOINT = "inproc://ledger-reader"
+PUB_HWM = 100_000
+
+log = logging.getLogger("ledger")
+
+
+def reply_for(request_id: str, result: CommandResult) -> wire.Reply:
+    return wire.Reply(
+        id=request_id, ok=result.status == "APPLIED", status=result.status, error=result.error,
+        event_type=result.event_type, seq=result.seq, hash=result.hash,
+        new_version=result.new_version, current_version=result.current_version,
+        replayed=result.replayed)
+
+
+def event_message(event: Event) -> list[bytes]:
+    return [wire.TOPIC_EVENT, *wire.encode(wire.EventMsg(id=str(event.seq),
+                                                         event=event.to_row()))]
+
+
+def answer_query(store: SqliteStore, msg: Any) -> dict[str, Any]:
+    """Run one read request (QUERY, REPLAY or PING) against the read-only store."""
+    if isinstance(msg, wire.Ping):
+        seq, head = store.head()
+        return {"ledger_up": True, "head_seq": seq, "head_hash": head}
+    if isinstance(msg, wire.Replay):
+        events = [e.to_row() for e in store.iter_events(msg.from_seq, msg.to_seq,
+                                                        limit=msg.limit)]
+        return {"events": events, "head_seq": store.head()[0]}
+    params = msg.params
+
+    def param(name: str) -> str:
+        value = params.get(name)
+        if not isinstance(value, str) or not value:
+            raise CoordinatorError(ErrorCode.MISSING_FIELD, f"params.{name}: required",
+                                   field=f"params.{name}")
+        return value
+
+    match msg.query:
+        case "list-plans":
+            return queries.list_plans(store)
+        case "show-plan":
+            return queries.show_plan(store, param("plan_id"))
+        case "list-items":
+            return queries.list_items(store, param("plan_id"))
+        case "get-plan":
+            plan = store.get_plan(param("plan_id"))
+            return {"plan": plan.to_dict() if plan else None}
+        case "get-item":
+            item = store.get_item(param("item_id"))
+            return {"item": item.to_dict() if item else None}
+        case "session-timeline":
+            return queries.timeline(store, "session_id", param("session_id"))
+        case "task-timeline":
+            return queries.timeline(store, "task_id", param("task_id"))
+        case "plan-timeline":
+            return queries.timeline(store, "plan_id", param("plan_id"))
+        case "list-sessions":
+            return queries.list_sessions(store)
+        case "summary":
+            return queries.summary(store)
+        case "verify":
+            return verify_store(store)
+    raise CoordinatorError(ErrorCode.UNKNOWN_QUERY,
+                           f"unknown query {msg.query!r}; expected one of "
+                           f"{', '.join(wire.QUERY_NAMES)}", field="query")
+
+
+def _reader(ctx: zmq.Context[zmq.Socket[bytes]], store: SqliteStore,
+            stop: threading.Event) -> None:
+    sock = ctx.socket(zmq.PAIR)
+    sock.linger = 0
+    sock.connect(READER_ENDPOINT)
+    try:
+        while not stop.is_set():
+            if not sock.poll(200):
+                continue
+            frames = sock.recv_multipart()
+            route, body = frames[:2], frames[2:]
+            request_id = wire.header_id(body) or "unknown"
+            try:
+                msg = wire.decode(body)
+                request_id = msg.id
+                reply = wire.Reply(id=request_id, ok=True, result=answer_query(store, msg))
+            except CoordinatorError as exc:
+                reply = wire.error_reply(request_id, exc)
+            except Exception as exc:  # a bug must not kill the reader
+                log.exception("query failed")
+                reply = wire.error_reply(request_id, CoordinatorError(
+                    ErrorCode.INTERNAL_ERROR, f"query failed: {exc}"))
+            sock.send_multipart([*route, *wire.encode(reply)])
+    finally:
+        sock.close()
+        store.close()
+
+
+class LedgerServer:
+    def __init__(self, db_path: Any, bind: str = DEFAULT_BIND, pub: str = DEFAULT_PUB, *,
+                 heartbeat: float = 1.0, durability: sqlite.Durability = "full") -> None:
+        self.db_path = db_path
+        self.heartbeat = heartbeat
+        sqlite.initialise(db_path)
+        self.store = SqliteStore(db_path, durability=durability)
+        self.ledger = Ledger(self.store)
+        self.head_seq, self.head_hash = self.store.head()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.linger = LINGER_MS
+        self.router.bind(bind)
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.linger = LINGER_MS
+        self.pub.sndhwm = PUB_HWM
+        self.pub.bind(pub)
+        self.reader_pipe = self.ctx.socket(zmq.PAIR)
+        self.reader_pipe.linger = 0
+        self.reader_pipe.bind(READER_ENDPOINT)
+        self.endpoints = {
+            "commands": self.router.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
+            "events": self.pub.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
+        }
+
+    def serve(self, stop: threading.Event) -> None:
+        reader_stop = threading.Event()
+        reader = threading.Thread(
+            target=_reader, name="ledger-reader", daemon=True,
+            args=(self.ctx, SqliteStore(self.db_path, readonly=True), reader_stop))
+        reader.start()
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.reader_pipe, zmq.POLLIN)
+        next_beat = 0.0
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._heartbeat()
+                    next_beat = now + self.heartbeat
+                timeout = max(0.0, min(next_beat - now, 0.2))
+                for sock, _ in poller.poll(int(timeout * 1000)):
+                    if sock is self.router:
+                        self._on_request(self.router.recv_multipart())
+                    else:
+                        self.router.send_multipart(self.reader_pipe.recv_multipart())
+        finally:
+            reader_stop.set()
+            reader.join(timeout=2)
+            self.close()
+
+    def _on_request(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            return  # not from a broker: nobody to answer
+        route, body = frames[:2], frames[2:]
+        request_id = wire.header_id(body) or "unknown"
+        try:
+            msg = wire.decode(body)
+        except CoordinatorError as exc:
+            self.router.send_multipart([*route, *wire.encode(wire.error_reply(request_id, exc))])
+            return
+        if isinstance(msg, wire.Query | wire.Replay | wire.Ping):
+            self.reader_pipe.send_multipart(frames)
+            return
+        if not isinstance(msg, wire.CommandMsg):
+            err = CoordinatorError(ErrorCode.INVALID_MESSAGE,
+                                   f"the ledger does not take {msg.type} messages", field="type")
+            self.router.send_multipart([*route, *wire.encode(wire.error_reply(msg.id, err))])
+            return
+        command = {**msg.command, "command_id": msg.id, "actor": msg.actor,
+                   "session_id": msg.session_id}
+        try:
+            result = self.ledger.apply(command)  # returns after COMMIT
+        except CoordinatorError as exc:  # storage failure: nothing was committed
+            log.error("command %s failed: %s", msg.id, exc)
+            self.router.send_multipart([*route, *wire.encode(wire.error_reply(msg.id, exc))])
+            return
+        self.router.send_multipart([*route, *wire.encode(reply_for(msg.id, result))])
+        for event in result.events:
+            self.pub.send_multipart(event_message(event))
+            self.head_seq, self.head_hash = event.seq, event.hash
+
+    def _heartbeat(self) -> None:
+        beat = wire.Heartbeat(id=str(self.head_seq), source="ledger", head_seq=self.head_seq,
+                              head_hash=self.head_hash, ts=utc_now())
+        self.pub.send_multipart([wire.TOPIC_HEARTBEAT, *wire.encode(beat)])
+
+    def close(self) -> None:
+        for sock in (self.router, self.pub, self.reader_pipe):
+            sock.close()
+        self.ctx.term()
+        self.store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="ledger",
+        description="Run the ledger: the single writer of the database. Applies plan "
+        "commands from the broker, replies after each commit, publishes committed events "
+        "in seq order, and serves read queries and event replay from a read-only "
+        "connection. Stop with Ctrl-C or SIGTERM.")
+    p.add_argument("--db", default=None, metavar="PATH",
+                   help="database under data/ (default data/os_sandbox.db; created if missing)")
+    p.add_argument("--bind", default=DEFAULT_BIND, metavar="ADDR",
+                   help=f"ROUTER endpoint the broker connects to (default {DEFAULT_BIND}; "
+                   "port * picks a free one)")
+    p.add_argument("--pub", default=DEFAULT_PUB, metavar="ADDR",
+                   help=f"PUB endpoint for events and heartbeats (default {DEFAULT_PUB})")
+    p.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
+                   help="heartbeat interval (default 1.0)")
+    p.add_argument("--durability", choices=("full", "normal"), default="full",
+                   help="full: fsync every commit (survives power loss; default); normal: "
+                   "survives a process crash, may lose the last commits on power loss")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging("ledger", args.verbose)
+    stop = install_stop_signals()
+    try:
+        db = resolve_db(args.db)
+        server = LedgerServer(db, args.bind, args.pub, heartbeat=args.heartbeat,
+                              durability=args.durability)
+    except (CoordinatorError, zmq.ZMQError) as exc:
+        err = exc.to_dict() if isinstance(exc, CoordinatorError) else {
+            "code": str(ErrorCode.BIND_FAILED), "message": str(exc)}
+        announce({"ok": False, "error": err})
+        sys.exit(2)
+    announce({"ok": True, "ready": True, "role": "ledger",
+              "db": str(db.relative_to(sandbox_root())), "head_seq": server.head_seq,
+              "endpoints": server.endpoints})
+    server.serve(stop)
+    log.info("stopped at head seq %d", server.head_seq)

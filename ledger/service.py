@@ -1,0 +1,38 @@
+"""What the long-running processes (ledger, broker, agents, monitor) share:
+stop on SIGINT/SIGTERM, one JSON "ready" line on stdout, logs on stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+#: How long a closing socket may still flush queued messages (ms); never forever.
+LINGER_MS = 500
+
+
+def install_stop_signals() -> threading.Event:
+    """A flag set by SIGINT or SIGTERM; loops poll with a timeout and check it."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def announce(obj: dict[str, Any]) -> None:
+    """The one JSON object a process prints on stdout, once it is ready."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def setup_logging(name: str, verbose: bool = False) -> logging.Logger:
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
+                        format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    return logging.getLogger(name)
