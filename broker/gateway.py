@@ -143,9 +143,15 @@ class Broker:
             log.debug("reply to a gone client dropped: %s", exc)
 
     def _refuse(self, envelope: list[bytes], request_id: str | None,
-                error: CoordinatorError) -> None:
+                error: CoordinatorError, *, rejected: bool = False) -> None:
+        """Answer with an error. ``rejected``: a command refused for its content (status
+        REJECTED, final) rather than for the bus's state (status None, retryable)."""
         self.stats["refused"] += 1
-        self._reply(envelope, wire.error_reply(request_id, error))
+        reply = wire.error_reply(request_id, error)
+        retryable = error.code in (ErrorCode.LEDGER_UNAVAILABLE, ErrorCode.BUSY)
+        if rejected and not retryable:
+            reply = reply.model_copy(update={"status": "REJECTED"})
+        self._reply(envelope, reply)
 
     def _on_front(self, frames: list[bytes]) -> None:
         self.stats["requests"] += 1
@@ -153,6 +159,7 @@ class Broker:
         cut = 2 if len(frames) > 1 and frames[1] == b"" else 1
         envelope, body = frames[:cut], frames[cut:]
         request_id = None
+        is_command = False
         try:
             too_big = max((len(f) for f in body), default=0)
             if too_big > wire.MAX_FRAME_BYTES:
@@ -163,9 +170,10 @@ class Broker:
             header, data = wire.decode_parts(body)
             msg = wire.from_parts(*normalise(header, data))
             request_id = msg.id
+            is_command = isinstance(msg, wire.CommandMsg)
             self._route(envelope, msg)
         except CoordinatorError as exc:
-            self._refuse(envelope, request_id, exc)
+            self._refuse(envelope, request_id, exc, rejected=is_command)
 
     def _route(self, envelope: list[bytes], msg: Any) -> None:
         match msg:
@@ -321,3 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     announce({"ok": True, "ready": True, "role": "broker", "endpoints": broker.endpoints})
     broker.serve(stop)
     log.info("stopped: %s", broker.stats)
+
+
+if __name__ == "__main__":
+    main()

@@ -261,3 +261,7 @@ def main(argv: list[str] | None = None) -> None:
               "endpoints": server.endpoints})
     server.serve(stop)
     log.info("stopped at head seq %d", server.head_seq)
+
+
+if __name__ == "__main__":
+    main()
