@@ -41,6 +41,7 @@ DEFAULT_PUB = "tcp://127.0.0.1:5571"
 DEFAULT_LEDGER = "tcp://127.0.0.1:5580"
 DEFAULT_LEDGER_PUB = "tcp://127.0.0.1:5581"
 COORDINATOR = "Mary"
+PROBE_KEY = b"\x00" * 8  # request key of the broker's own liveness probes
 PUB_HWM = 100_000
 
 log = logging.getLogger("broker")
@@ -111,7 +112,7 @@ class Broker:
         poller = zmq.Poller()
         for sock in (self.front, self.backend, self.ledger_sub):
             poller.register(sock, zmq.POLLIN)
-        next_beat = 0.0
+        next_beat = next_probe = 0.0
         was_up = False
         try:
             while not stop.is_set():
@@ -119,6 +120,10 @@ class Broker:
                 if now >= next_beat:
                     self._heartbeat()
                     next_beat = now + self.config.heartbeat
+                if now >= next_probe:
+                    self._probe_ledger()
+                    # probe fast while the ledger is down, at the heartbeat rate when up
+                    next_probe = now + (self.config.heartbeat if self.ledger_up else 0.05)
                 up = self.ledger_up
                 if was_up != up:
                     log.info("ledger is %s", "up" if up else "DOWN")
@@ -236,8 +241,16 @@ class Broker:
 
     # --- ledger -> broker ----------------------------------------------------------
 
+    def _probe_ledger(self) -> None:
+        """Broker -> ledger heartbeat over the request path: any reply proves it alive."""
+        ping = wire.Ping(id="broker-probe", actor="broker")
+        with contextlib.suppress(zmq.ZMQError):  # not connected: it is down, as we think
+            self.backend.send_multipart([PROBE_KEY, *wire.encode(ping)], flags=zmq.NOBLOCK)
+
     def _on_backend(self, frames: list[bytes]) -> None:
         self.ledger_seen = time.monotonic()
+        if frames[0] == PROBE_KEY:
+            return
         pending = self.inflight.pop(frames[0], None)
         if pending is None:
             return  # already answered with LEDGER_UNAVAILABLE

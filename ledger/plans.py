@@ -59,6 +59,11 @@ class CommandResult:
     def ok(self) -> bool:
         return self.status == "APPLIED"
 
+    @property
+    def wrote_event(self) -> bool:
+        """True when this call appended an event (not a replay, not a rejection)."""
+        return self.seq is not None and not self.replayed
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "command_id": self.command_id, "action": self.action, "status": self.status,

@@ -126,7 +126,7 @@ def build_report(scenario: Scenario, results: Iterable[CommandResult]) -> dict[s
             counts[_COUNTED[res.event_type]] += 1
         conflicts += res.status == "CONFLICT"
         rejected += res.status == "REJECTED"
-        written += len(res.events)
+        written += res.wrote_event
         replayed += res.replayed
         matched = res.status == step.expect
         ok &= matched

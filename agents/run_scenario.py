@@ -1,0 +1,164 @@
+"""bin/run_scenario: play a scenario through the message bus and verify the result.
+
+Unless ``--broker`` names a running broker, it starts a ledger and a broker on free
+loopback ports (fresh database under data/runs/ unless ``--db``), sends each step from
+its actor's own agent connection, waits for each reply, verifies the chain through the
+bus, and stops everything it started, also on Ctrl-C, SIGTERM or error. ``--agents``
+runs the simulated agents against a plan instead of a scripted list.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from agents.client import AgentClient
+from agents.launch import Bus, start_bus
+from broker import protocol as wire
+from ledger.cli.common import EXIT_FAILED_CHECK, emit, parser, run
+from ledger.errors import CoordinatorError, ErrorCode
+from ledger.plans import CommandResult
+from ledger.sandbox import resolve_db, resolve_output_dir, resolve_scenario
+from ledger.scenario import Scenario, Step, build_report, load_scenario
+
+DESCRIPTION = """Play a scenario file through the bus: every step is sent by its actor's own
+agent connection to the broker, which routes it to the ledger. Prints the apply-scenario
+JSON (counts, per-step outcomes) plus "verify" (the chain check, run by the ledger) and
+"monitor" (what a subscriber attached during the run received).
+
+Without --broker, a ledger and a broker are started on free loopback ports with a fresh
+database, data/runs/<scenario_id>-<UTC time>.db (or --db), and stopped at the end.
+Exits 1 if a step's outcome differs from its "expect" or the chain does not verify."""
+
+EPILOG = """examples:
+  bin/run_scenario scenarios/L3_PLAN_FLOW_001.json
+  bin/run_scenario scenarios/L3_PLAN_FLOW_001.json --broker tcp://127.0.0.1:5570 \\
+      --pub tcp://127.0.0.1:5571
+  bin/run_scenario --agents --items 6 --workers Codex,Codex-2"""
+
+
+def result_from_reply(step: Step, reply: wire.Reply) -> CommandResult:
+    if reply.status is None:  # refused by the bus itself, not decided by the ledger
+        err = reply.error or {}
+        raise CoordinatorError(ErrorCode(err.get("code", "INTERNAL_ERROR")),
+                               f"step {step.index}: {err.get('message', 'no outcome')}")
+    return CommandResult(reply.id, step.command.action, reply.status,
+                         event_type=reply.event_type, seq=reply.seq, hash=reply.hash,
+                         new_version=reply.new_version, current_version=reply.current_version,
+                         error=reply.error, replayed=reply.replayed)
+
+
+def play(scenario: Scenario, front: str, *, timeout: float = 5.0) -> list[CommandResult]:
+    """Send every step from its actor's own connection; return the outcomes in order."""
+    clients: dict[str, AgentClient] = {}
+    try:
+        results = []
+        for step in scenario.steps:
+            cmd = step.command
+            client = clients.get(cmd.actor)
+            if client is None:
+                client = clients[cmd.actor] = AgentClient(
+                    front, cmd.actor, session_id=scenario.session_id, timeout=timeout)
+            body = cmd.model_dump(mode="json", exclude={"command_id", "actor", "session_id"},
+                                  exclude_none=True)
+            if "change" in body:
+                body["change"] = cmd.change.model_dump(  # type: ignore[union-attr]
+                    mode="json", exclude_unset=True)
+            reply = client.send_command(body, command_id=cmd.command_id)
+            results.append(result_from_reply(step, reply))
+        return results
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _scenario_run(args: Any) -> dict[str, Any]:
+    scenario = load_scenario(resolve_scenario(args.path))
+    bus: Bus | None = None
+    try:
+        if args.broker:
+            front = args.broker
+            info: dict[str, Any] = {"broker": front}
+        else:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            db = args.db or f"data/runs/{scenario.scenario_id}-{stamp}.db"
+            resolve_db(db)  # refuse a bad path before starting anything
+            logs = resolve_output_dir("logs/run_scenario")
+            logs.mkdir(parents=True, exist_ok=True)
+            bus = start_bus(db, log_dir=logs)
+            front = bus.front
+            info = {"db": db, "broker": front, "pub": bus.pub}
+        with AgentClient(front, "run_scenario", timeout=args.timeout) as probe:
+            probe.wait_ready(timeout=args.timeout * 2)
+            results = play(scenario, front, timeout=args.timeout)
+            verify = probe.query("verify")
+        report = build_report(scenario, results)
+        report["ok"] = report["ok"] and verify["chain_status"] == "OK"
+        report["verify"] = verify
+        report["bus"] = info
+        return report
+    finally:
+        if bus is not None:
+            bus.stop()
+
+
+def _agents_run(args: Any) -> dict[str, Any]:
+    from agents.sim import run_agents
+
+    bus: Bus | None = None
+    try:
+        if args.broker:
+            front, pub = args.broker, args.pub
+        else:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            db = args.db or f"data/runs/agents-{stamp}.db"
+            bus = start_bus(db, log_dir=resolve_output_dir("logs/run_scenario"))
+            front, pub = bus.front, bus.pub
+        with AgentClient(front, "run_scenario", timeout=args.timeout) as probe:
+            probe.wait_ready(timeout=args.timeout * 2)
+        stamp = datetime.now(UTC).strftime("%H%M%S")
+        return run_agents(front, pub, plan_id=args.plan_id or f"P-AGENTS-{stamp}",
+                          items=args.items, workers=args.workers.split(","),
+                          timeout=args.run_timeout)
+    finally:
+        if bus is not None:
+            bus.stop()
+
+
+def _main(argv: list[str]) -> int:
+    p = parser("run_scenario", DESCRIPTION, EPILOG)
+    p.add_argument("path", nargs="?", metavar="PATH", help="scenario file under scenarios/")
+    p.add_argument("--broker", metavar="ADDR", help="use a running broker's front end")
+    p.add_argument("--pub", metavar="ADDR", help="its PUB endpoint (for the monitor)")
+    p.add_argument("--db", metavar="PATH", help="database under data/ (default: a fresh one)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="per-request timeout before a retry (default 5)")
+    g = p.add_argument_group("--agents mode")
+    g.add_argument("--agents", action="store_true",
+                   help="run the simulated agents Liam, Mary and workers on a plan")
+    g.add_argument("--plan-id", metavar="ID", help="plan to create (default P-AGENTS-<time>)")
+    g.add_argument("--items", type=int, default=6, metavar="N", help="items (default 6)")
+    g.add_argument("--workers", default="Codex,Codex-2", metavar="NAMES",
+                   help="comma-separated worker agents (default Codex,Codex-2)")
+    g.add_argument("--run-timeout", type=float, default=60.0, metavar="S",
+                   help="give up on the agents after S seconds (default 60)")
+    args = p.parse_args(argv)
+    if args.broker and not args.pub and args.agents:
+        p.error("--broker needs --pub in --agents mode")
+    if not args.agents and not args.path:
+        p.error("give a scenario PATH, or --agents")
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    report = _agents_run(args) if args.agents else _scenario_run(args)
+    emit(report)
+    return 0 if report["ok"] else EXIT_FAILED_CHECK
+
+
+def main() -> None:
+    sys.exit(run(_main))
+
