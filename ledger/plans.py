@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -116,15 +116,36 @@ class Ledger:
         Malformed input is rejected without touching the database. Storage failures
         raise :class:`ledger.errors.StorageError` and nothing is committed.
         """
-        try:
-            cmd = parse_command(command)
-        except ValidationError as exc:
-            raw = command if isinstance(command, Mapping) else {}
-            cid, action = raw.get("command_id"), raw.get("action")
-            return CommandResult.rejected(cid if isinstance(cid, str) else None,
-                                          action if isinstance(action, str) else None, exc)
+        return self.apply_many([command])[0]
+
+    def apply_many(self, commands: Sequence[Command | Mapping[str, Any]]
+                   ) -> list[CommandResult]:
+        """Group commit: apply commands one after another in ONE transaction.
+
+        Each command sees the state left by the ones before it (a conflict inside a batch
+        is a conflict against that state), exactly as if applied one by one; the batch
+        commits once and the results are returned after that commit. A storage failure
+        rolls the whole batch back and raises; nothing of it is acknowledged.
+        """
+        results: list[CommandResult | None] = []
+        valid: list[tuple[int, Command]] = []
+        for i, command in enumerate(commands):
+            try:
+                valid.append((i, parse_command(command)))
+                results.append(None)
+            except ValidationError as exc:
+                raw = command if isinstance(command, Mapping) else {}
+                cid, action = raw.get("command_id"), raw.get("action")
+                results.append(CommandResult.rejected(
+                    cid if isinstance(cid, str) else None,
+                    action if isinstance(action, str) else None, exc))
+        if not valid:
+            return [r for r in results if r is not None]
         with self.store.transaction() as tx:
-            return self._apply_in(tx, cmd)
+            done = [(i, self._apply_in(tx, cmd)) for i, cmd in valid]
+        for i, result in done:
+            results[i] = result
+        return [r for r in results if r is not None]
 
     def _apply_in(self, tx: Transaction, cmd: Command) -> CommandResult:
         fp = fingerprint(cmd)

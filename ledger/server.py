@@ -6,8 +6,10 @@ Sockets (both bound here):
 - PUB ``--pub``: ``[b"event", ...]`` for every committed event in seq order, and
   ``[b"heartbeat", ...]`` every ``--heartbeat`` seconds with the head seq.
 
-COMMANDs are applied on the main thread, which replies only after the commit and then
-publishes. QUERY, REPLAY and PING go to a reader thread with its own read-only
+COMMANDs are applied on the main thread with group commit: every command already
+waiting (up to ``--max-batch``) is applied in one transaction, each against the state
+the previous ones left, then committed once; only then are the replies sent and the
+events published, in seq order. QUERY, REPLAY and PING go to a reader thread with its own read-only
 connection, so reads never stall the writer.
 """
 
@@ -131,9 +133,13 @@ def _reader(ctx: zmq.Context[zmq.Socket[bytes]], store: SqliteStore,
 
 class LedgerServer:
     def __init__(self, db_path: Any, bind: str = DEFAULT_BIND, pub: str = DEFAULT_PUB, *,
-                 heartbeat: float = 1.0, durability: sqlite.Durability = "full") -> None:
+                 heartbeat: float = 1.0, durability: sqlite.Durability = "full",
+                 max_batch: int = 256, batch_window: float = 0.002) -> None:
         self.db_path = db_path
         self.heartbeat = heartbeat
+        self.max_batch = max_batch
+        self.batch_window = batch_window
+        self.stats = {"batches": 0, "commands": 0}
         sqlite.initialise(db_path)
         self.store = SqliteStore(db_path, durability=durability)
         self.ledger = Ledger(self.store)
@@ -173,7 +179,7 @@ class LedgerServer:
                 timeout = max(0.0, min(next_beat - now, 0.2))
                 for sock, _ in poller.poll(int(timeout * 1000)):
                     if sock is self.router:
-                        self._on_request(self.router.recv_multipart())
+                        self._drain()
                     else:
                         self.router.send_multipart(self.reader_pipe.recv_multipart())
         finally:
@@ -181,36 +187,69 @@ class LedgerServer:
             reader.join(timeout=2)
             self.close()
 
-    def _on_request(self, frames: list[bytes]) -> None:
+    def _drain(self) -> None:
+        """Take every request already waiting (bounded), then group-commit the commands."""
+        batch: list[tuple[list[bytes], wire.CommandMsg]] = []
+        deadline = time.monotonic() + self.batch_window
+        while len(batch) < self.max_batch:
+            try:
+                frames = self.router.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            command = self._triage(frames)
+            if command is not None:
+                batch.append(command)
+            if time.monotonic() >= deadline:
+                break
+        if batch:
+            self._apply_batch(batch)
+
+    def _triage(self, frames: list[bytes]) -> tuple[list[bytes], wire.CommandMsg] | None:
+        """Answer or hand off everything but commands; return a command to apply."""
         if len(frames) < 2:
-            return  # not from a broker: nobody to answer
+            return None  # not from a broker: nobody to answer
         route, body = frames[:2], frames[2:]
         request_id = wire.header_id(body) or "unknown"
         try:
             msg = wire.decode(body)
         except CoordinatorError as exc:
             self.router.send_multipart([*route, *wire.encode(wire.error_reply(request_id, exc))])
-            return
+            return None
         if isinstance(msg, wire.Query | wire.Replay | wire.Ping):
             self.reader_pipe.send_multipart(frames)
-            return
+            return None
         if not isinstance(msg, wire.CommandMsg):
             err = CoordinatorError(ErrorCode.INVALID_MESSAGE,
                                    f"the ledger does not take {msg.type} messages", field="type")
             self.router.send_multipart([*route, *wire.encode(wire.error_reply(msg.id, err))])
-            return
-        command = {**msg.command, "command_id": msg.id, "actor": msg.actor,
-                   "session_id": msg.session_id}
+            return None
+        return route, msg
+
+    def _apply_batch(self, batch: list[tuple[list[bytes], wire.CommandMsg]]) -> None:
+        commands = [{**msg.command, "command_id": msg.id, "actor": msg.actor,
+                     "session_id": msg.session_id} for _, msg in batch]
+        outcomes: list[CommandResult | CoordinatorError]
         try:
-            result = self.ledger.apply(command)  # returns after COMMIT
-        except CoordinatorError as exc:  # storage failure: nothing was committed
-            log.error("command %s failed: %s", msg.id, exc)
-            self.router.send_multipart([*route, *wire.encode(wire.error_reply(msg.id, exc))])
-            return
-        self.router.send_multipart([*route, *wire.encode(reply_for(msg.id, result))])
-        for event in result.events:
-            self.pub.send_multipart(event_message(event))
-            self.head_seq, self.head_hash = event.seq, event.hash
+            outcomes = list(self.ledger.apply_many(commands))  # returns after COMMIT
+        except CoordinatorError as exc:
+            log.error("batch of %d failed (%s); applying one by one", len(batch), exc)
+            outcomes = []
+            for command in commands:
+                try:
+                    outcomes.append(self.ledger.apply(command))
+                except CoordinatorError as one:  # storage failure: nothing committed
+                    outcomes.append(one)
+        self.stats["batches"] += 1
+        self.stats["commands"] += len(batch)
+        for (route, msg), outcome in zip(batch, outcomes, strict=True):
+            reply = (wire.error_reply(msg.id, outcome) if isinstance(outcome, CoordinatorError)
+                     else reply_for(msg.id, outcome))
+            self.router.send_multipart([*route, *wire.encode(reply)])
+        for outcome in outcomes:
+            if isinstance(outcome, CommandResult):
+                for event in outcome.events:
+                    self.pub.send_multipart(event_message(event))
+                    self.head_seq, self.head_hash = event.seq, event.hash
 
     def _heartbeat(self) -> None:
         beat = wire.Heartbeat(id=str(self.head_seq), source="ledger", head_seq=self.head_seq,
@@ -243,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--durability", choices=("full", "normal"), default="full",
                    help="full: fsync every commit (survives power loss; default); normal: "
                    "survives a process crash, may lose the last commits on power loss")
+    p.add_argument("--max-batch", type=int, default=256, metavar="N",
+                   help="group commit: most commands applied in one transaction (default 256)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging("ledger", args.verbose)
@@ -250,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         db = resolve_db(args.db)
         server = LedgerServer(db, args.bind, args.pub, heartbeat=args.heartbeat,
-                              durability=args.durability)
+                              durability=args.durability, max_batch=args.max_batch)
     except (CoordinatorError, zmq.ZMQError) as exc:
         err = exc.to_dict() if isinstance(exc, CoordinatorError) else {
             "code": str(ErrorCode.BIND_FAILED), "message": str(exc)}
@@ -260,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
               "db": str(db.relative_to(sandbox_root())), "head_seq": server.head_seq,
               "endpoints": server.endpoints})
     server.serve(stop)
-    log.info("stopped at head seq %d", server.head_seq)
+    log.info("stopped at head seq %d after %s", server.head_seq, server.stats)
 
 
 if __name__ == "__main__":
