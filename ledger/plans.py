@@ -141,13 +141,14 @@ class Ledger:
                     action if isinstance(action, str) else None, exc))
         if not valid:
             return [r for r in results if r is not None]
+        ts = self._clock()  # one commit, one time: every event of the batch shares it
         with self.store.transaction() as tx:
-            done = [(i, self._apply_in(tx, cmd)) for i, cmd in valid]
+            done = [(i, self._apply_in(tx, cmd, ts)) for i, cmd in valid]
         for i, result in done:
             results[i] = result
         return [r for r in results if r is not None]
 
-    def _apply_in(self, tx: Transaction, cmd: Command) -> CommandResult:
+    def _apply_in(self, tx: Transaction, cmd: Command, ts: str) -> CommandResult:
         fp = fingerprint(cmd)
         record = tx.get_command(cmd.command_id)
         if record is not None:
@@ -157,7 +158,6 @@ class Ledger:
                     f"command_id {cmd.command_id!r} was already used for a different command",
                     field="command_id"))
             return CommandResult.from_outcome(json.loads(record.outcome), replayed=True)
-        ts = self._clock()
         try:
             decision = decide(cmd, tx)
         except RejectedError as exc:

@@ -118,6 +118,12 @@ class _Reads:
 class _SqliteTx(_Reads, Transaction):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._head: tuple[int, str] | None = None  # the writer's own appends keep it fresh
+
+    def head(self) -> tuple[int, str]:
+        if self._head is None:
+            self._head = super().head()
+        return self._head
 
     def insert_plan(self, plan: Plan) -> None:
         self._conn.execute(f"INSERT INTO plans ({_PLAN_COLS}) VALUES (?,?,?,?,?,?,?)",
@@ -156,6 +162,7 @@ class _SqliteTx(_Reads, Transaction):
                             event.session_id, event.task_id, event.actor, event.plan_id,
                             event.item_id, event.command_id, event.payload, event.prev_hash,
                             event.hash))
+        self._head = (event.seq, event.hash)
 
     def put_command(self, record: CommandRecord) -> None:
         self._conn.execute(f"INSERT INTO commands ({_COMMAND_COLS}) VALUES (?,?,?,?,?,?)",
