@@ -93,13 +93,19 @@ class AgentClient(_Commands):
 
     # --- transport -------------------------------------------------------------------
 
-    def _recv_until(self, request_id: str, deadline: float) -> wire.Reply | None:
+    def _recv_until(self, request_id: str, deadline: float, *,
+                    until_delivery: bool = False) -> wire.Reply | None:
+        """Read until the reply to ``request_id`` arrives (returned) or ``deadline``
+        (None); agent messages read meanwhile are queued on ``deliveries``, and with
+        ``until_delivery`` the first one ends the wait (returning None)."""
         while (remaining := deadline - time.monotonic()) > 0:
             if not self.sock.poll(max(1, int(remaining * 1000))):
                 return None
             msg = wire.decode(self.sock.recv_multipart())
             if isinstance(msg, wire.Deliver):
                 self.deliveries.append(msg)
+                if until_delivery:
+                    return None
             elif isinstance(msg, wire.Reply) and msg.id == request_id:
                 return msg
             else:
@@ -258,7 +264,7 @@ class AgentClient(_Commands):
     def receive(self, timeout: float) -> wire.Deliver | None:
         """The next agent message addressed to us, or None after ``timeout``."""
         if not self.deliveries:
-            self._recv_until("", time.monotonic() + timeout)
+            self._recv_until("", time.monotonic() + timeout, until_delivery=True)
         return self.deliveries.popleft() if self.deliveries else None
 
 

@@ -1,6 +1,6 @@
 """Start a ledger and a broker as child processes and wait for their ready handshake.
 
-Used by bin/run_scenario (when no --broker is given), bin/agent --spawn and the tests.
+Used by bin/run_scenario (when no --broker is given), bin/bench and the tests.
 Each child prints one JSON line when its sockets are bound; we wait for that line (with
 a timeout), never for a fixed time. ``stop()`` sends SIGTERM, then SIGKILL after a grace
 period, so nothing outlives its owner.
@@ -112,6 +112,7 @@ class Bus:
     env: dict[str, str] = field(default_factory=dict)
     ledger_args: list[str] = field(default_factory=list)
     log_dir: Path | None = None
+    broker_args: list[str] = field(default_factory=list)
 
     @property
     def front(self) -> str:
@@ -128,6 +129,19 @@ class Bus:
                             ["--db", self.db, "--bind", eps["commands"], "--pub", eps["events"],
                              *self.ledger_args], env=self.env, stderr_path=self._log("ledger"))
         return self.ledger
+
+    def restart_broker(self) -> Child:
+        """Start the broker again on the same endpoints (after a kill or a stop; a broker
+        still running is stopped first). Agents and monitors reconnect by themselves."""
+        if self.broker.alive():
+            self.broker.stop()
+        front, pub = self.front, self.pub
+        eps = self.ledger.endpoints
+        self.broker = spawn("broker", "broker.gateway",
+                            ["--front", front, "--pub", pub, "--ledger", eps["commands"],
+                             "--ledger-pub", eps["events"], *self.broker_args],
+                            env=self.env, stderr_path=self._log("broker"))
+        return self.broker
 
     def _log(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None
@@ -165,4 +179,4 @@ def start_bus(db: str, *, env: dict[str, str] | None = None,
     except BaseException:
         ledger.stop()
         raise
-    return Bus(db, ledger, broker, env, ledger_args, log_dir)
+    return Bus(db, ledger, broker, env, ledger_args, log_dir, list(broker_args or []))

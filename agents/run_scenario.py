@@ -12,10 +12,12 @@ from __future__ import annotations
 import signal
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from agents.client import AgentClient
 from agents.launch import Bus, start_bus
+from agents.monitor import EventFollower
 from broker import protocol as wire
 from ledger.cli.common import EXIT_FAILED_CHECK, emit, parser, run
 from ledger.errors import CoordinatorError, ErrorCode
@@ -26,7 +28,7 @@ from ledger.scenario import Scenario, Step, build_report, load_scenario
 DESCRIPTION = """Play a scenario file through the bus: every step is sent by its actor's own
 agent connection to the broker, which routes it to the ledger. Prints the apply-scenario
 JSON (counts, per-step outcomes) plus "verify" (the chain check, run by the ledger) and
-"monitor" (what a subscriber attached during the run received).
+"monitor" (what a subscriber attached before the first step received: seqs, chain).
 
 Without --broker, a ledger and a broker are started on free loopback ports with a fresh
 database, data/runs/<scenario_id>-<UTC time>.db (or --db), and stopped at the end.
@@ -79,29 +81,56 @@ def _scenario_run(args: Any) -> dict[str, Any]:
     bus: Bus | None = None
     try:
         if args.broker:
-            front = args.broker
-            info: dict[str, Any] = {"broker": front}
+            front, pub = args.broker, args.pub
+            info: dict[str, Any] = {"broker": front, "pub": pub}
         else:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             db = args.db or f"data/runs/{scenario.scenario_id}-{stamp}.db"
             resolve_db(db)  # refuse a bad path before starting anything
-            logs = resolve_output_dir("logs/run_scenario")
-            logs.mkdir(parents=True, exist_ok=True)
-            bus = start_bus(db, log_dir=logs)
-            front = bus.front
-            info = {"db": db, "broker": front, "pub": bus.pub}
+            bus = start_bus(db, log_dir=_log_dir())
+            front, pub = bus.front, bus.pub
+            info = {"db": db, "broker": front, "pub": pub}
         with AgentClient(front, "run_scenario", timeout=args.timeout) as probe:
-            probe.wait_ready(timeout=args.timeout * 2)
-            results = play(scenario, front, timeout=args.timeout)
-            verify = probe.query("verify")
+            head = probe.wait_ready(timeout=args.timeout * 2)["head_seq"]
+            follower = (EventFollower(front, pub, from_seq=head, actor="run_scenario-monitor")
+                        if pub else None)
+            try:
+                results = play(scenario, front, timeout=args.timeout)
+                verify = probe.query("verify")
+                monitor = _watch(follower, verify["head_seq"], args.timeout)
+            finally:
+                if follower is not None:
+                    follower.close()
         report = build_report(scenario, results)
-        report["ok"] = report["ok"] and verify["chain_status"] == "OK"
+        report["ok"] = (report["ok"] and verify["chain_status"] == "OK"
+                        and monitor.get("chain", "OK") == "OK")
         report["verify"] = verify
+        report["monitor"] = monitor
         report["bus"] = info
         return report
+
     finally:
         if bus is not None:
             bus.stop()
+
+
+def _watch(follower: EventFollower | None, head: int, timeout: float) -> dict[str, Any]:
+    """What the monitor attached before the first step received, up to the head."""
+    if follower is None:
+        return {"attached": False, "reason": "no --pub given"}
+    events = follower.collect(until_seq=head, timeout=timeout * 2) if head > follower.last_seq \
+        else []
+    return {"attached": True, "seqs": [e["seq"] for e in events],
+            "event_types": [e["event_type"] for e in events],
+            "live_events": len(events) - follower.stats.fetched_events,
+            **follower.stats.summary()}
+
+
+def _log_dir() -> Path:
+    """Where the processes run_scenario starts write their stderr."""
+    logs = resolve_output_dir("logs/run_scenario")
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs
 
 
 def _agents_run(args: Any) -> dict[str, Any]:
@@ -114,14 +143,14 @@ def _agents_run(args: Any) -> dict[str, Any]:
         else:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             db = args.db or f"data/runs/agents-{stamp}.db"
-            bus = start_bus(db, log_dir=resolve_output_dir("logs/run_scenario"))
+            bus = start_bus(db, log_dir=_log_dir())
             front, pub = bus.front, bus.pub
         with AgentClient(front, "run_scenario", timeout=args.timeout) as probe:
             probe.wait_ready(timeout=args.timeout * 2)
         stamp = datetime.now(UTC).strftime("%H%M%S")
         return run_agents(front, pub, plan_id=args.plan_id or f"P-AGENTS-{stamp}",
                           items=args.items, workers=args.workers.split(","),
-                          timeout=args.run_timeout)
+                          timeout=args.run_timeout, log_dir=_log_dir())
     finally:
         if bus is not None:
             bus.stop()

@@ -39,9 +39,17 @@ class ErrorCode(StrEnum):
     DB_NOT_INITIALISED = "DB_NOT_INITIALISED"
     DB_ERROR = "DB_ERROR"
     DB_BUSY = "DB_BUSY"
+    #: the database file fails PRAGMA quick_check/integrity_check, is not a ledger
+    #: database, or its chain tail is broken: the ledger refuses to start on it
+    DB_DAMAGED = "DB_DAMAGED"
     CHAIN_BROKEN = "CHAIN_BROKEN"
+    #: a signed checkpoint file that cannot be read (bad JSON, fields, format)
+    CHECKPOINT_INVALID = "CHECKPOINT_INVALID"
+    #: a key file that cannot be used (not PEM, wrong algorithm, readable by others)
+    KEY_INVALID = "KEY_INVALID"
     EXPECTATION_FAILED = "EXPECTATION_FAILED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    INTERRUPTED = "INTERRUPTED"
     # the wire (broker front end, ledger back end)
     MALFORMED_FRAME = "MALFORMED_FRAME"
     UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"

@@ -61,7 +61,8 @@ def run(body: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
         emit({"ok": False, "error": exc.to_dict()})
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        emit({"ok": False, "error": {"code": "INTERRUPTED", "message": "interrupted"}})
+        emit({"ok": False, "error": {"code": str(ErrorCode.INTERRUPTED),
+                                     "message": "interrupted"}})
         return 130
     except BrokenPipeError:
         return EXIT_FAILED_CHECK
