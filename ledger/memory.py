@@ -99,17 +99,17 @@ class MemoryStore(Store):
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        data = self._data
-        saved = (dict(data.state.plans), dict(data.state.items), dict(data.state.links),
-                 len(data.events), dict(data.commands))
-        try:
-            yield data
-        except BaseException:
-            plans, items, links, n_events, commands = saved
-            data.state.plans, data.state.items, data.state.links = plans, items, links
-            del data.events[n_events:]
-            data.commands = commands
-            raise
+        # Work on a copy and publish it on commit: reads outside the transaction see the
+        # last committed state (as the Store contract says), and an exception discards
+        # every change.
+        live = self._data
+        work = MemoryState()
+        work.state = State(dict(live.state.plans), dict(live.state.items),
+                           dict(live.state.links))
+        work.events = list(live.events)
+        work.commands = dict(live.commands)
+        yield work
+        self._data = work
 
     def get_plan(self, plan_id: str) -> Plan | None:
         return self._data.get_plan(plan_id)

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from ledger.chain import GENESIS_HASH
 from ledger.errors import ErrorCode, StorageError
-from ledger.model import Event, Item, Link, Plan
+from ledger.model import Event, Item, Link, Plan, State
 from ledger.persistence import EVENT_FILTER_COLUMNS, CommandRecord, Store, Transaction
 
 SCHEMA_DIR: Final = Path(__file__).resolve().parent.parent / "schema"
@@ -245,6 +245,20 @@ class SqliteStore(_Reads, Store):
         except sqlite3.Error as exc:
             raise _storage_error(exc, "reading the chain head") from exc
 
+    def snapshot(self) -> tuple[int, str, State]:
+        """Head seq, head hash and the whole state, read in ONE read transaction: a
+        consistent snapshot even while another connection commits (signed checkpoints)."""
+        try:
+            self._conn.execute("BEGIN")
+            try:
+                seq, head_hash = _Reads.head(self)
+                state = self.load_state()
+            finally:
+                self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "reading a snapshot") from exc
+        return seq, head_hash, state
+
     def list_plans(self) -> list[Plan]:
         return [Plan(*r) for r in self._query(f"SELECT {_PLAN_COLS} FROM plans ORDER BY plan_id")]
 
@@ -275,7 +289,7 @@ class SqliteStore(_Reads, Store):
         for column, value in (filters or {}).items():
             if column not in EVENT_FILTER_COLUMNS:
                 raise ValueError(f"cannot filter events by {column!r}")
-            where.append(f"{column} = ?")
+            where.append(f"{column} IS ?")  # IS: a None filter matches NULL
             params.append(value)
         sql = f"SELECT {_EVENT_COLS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
         if limit is not None:
@@ -303,7 +317,9 @@ class SqliteStore(_Reads, Store):
             raise _storage_error(exc, "reading a command record") from exc
 
     def close(self) -> None:
-        for conn in (self._writer, self._conn):
+        # the read-only connection first: the last one to close (the writer) can then
+        # checkpoint the WAL back into the database file
+        for conn in (self._conn, self._writer):
             if conn is not None:
                 conn.close()
         self._writer = None
