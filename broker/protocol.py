@@ -9,11 +9,12 @@ A message is three ZeroMQ frames::
     [HEADER]    msgpack map               type, id, actor, session_id
     [BODY]      msgpack map               the type's fields
 
-On the PUB stream a topic frame comes first (b"event" or b"heartbeat").
+On the PUB stream a topic frame comes first (b"event", b"heartbeat" or b"checkpoint").
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal
 
@@ -29,6 +30,7 @@ PROTOCOL_VERSION: Final = 1
 PROTOCOL: Final = PROTOCOL_NAME + b"/" + str(PROTOCOL_VERSION).encode()
 TOPIC_EVENT: Final = b"event"
 TOPIC_HEARTBEAT: Final = b"heartbeat"
+TOPIC_CHECKPOINT: Final = b"checkpoint"
 #: Frames larger than this are refused before they are decoded.
 MAX_FRAME_BYTES: Final = 1 << 20
 #: Most events one REPLAY reply carries; ask again from the last seq + 1 for more.
@@ -149,14 +151,31 @@ class Heartbeat(_Msg):
     ledger_up: bool = True
 
 
+class CheckpointMsg(_Msg):
+    """A signed checkpoint of the ledger, the same fields as its file (docs/HASH_CHAIN.md,
+    "Signed checkpoints"; check it with ``ledger.checkpoints.check_against``).
+    ``id`` is str(seq)."""
+
+    type: Literal["CHECKPOINT"] = "CHECKPOINT"
+    format: str
+    seq: Annotated[int, Field(ge=0)]
+    head_hash: str
+    state_hash: str
+    ts: str
+    key_id: str
+    signature: str
+
+
 Message = Annotated[
-    Hello | Ping | CommandMsg | Query | Replay | Send | Reply | Deliver | EventMsg | Heartbeat,
+    Hello | Ping | CommandMsg | Query | Replay | Send | Reply | Deliver | EventMsg | Heartbeat
+    | CheckpointMsg,
     Field(discriminator="type"),
 ]
 REQUEST_TYPES: Final = ("HELLO", "PING", "COMMAND", "QUERY", "REPLAY", "SEND")
 _MESSAGE_TYPES: Final[dict[str, type[_Msg]]] = {
     m.model_fields["type"].default: m
-    for m in (Hello, Ping, CommandMsg, Query, Replay, Send, Reply, Deliver, EventMsg, Heartbeat)
+    for m in (Hello, Ping, CommandMsg, Query, Replay, Send, Reply, Deliver, EventMsg, Heartbeat,
+              CheckpointMsg)
 }
 MESSAGE_TYPES: Final = tuple(_MESSAGE_TYPES)
 
@@ -252,13 +271,17 @@ def decode(frames: Sequence[bytes]) -> Any:
 
 
 def header_id(frames: Sequence[bytes]) -> str | None:
-    """Best effort: the request id of a message that failed to decode, to echo it."""
+    """Best effort: the request id of a message that failed to decode, to echo it.
+    Only a valid id (after trimming, as the broker normalises it) is echoed: anything
+    else could not be put in a Reply."""
     try:
         header = unpack(frames[1]) if len(frames) >= 2 else None
     except ProtocolError:
         return None
     value = header.get("id") if isinstance(header, dict) else None
-    return value if isinstance(value, str) and len(value) <= 128 else None
+    if not isinstance(value, str) or re.fullmatch(ID_PATTERN, value.strip()) is None:
+        return None
+    return value.strip()
 
 
 def error_reply(request_id: str | None, error: CoordinatorError) -> Reply:
