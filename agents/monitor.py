@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import sys
 import time
 import uuid
@@ -40,11 +41,20 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 import zmq
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker import protocol as wire
 from broker.gateway import DEFAULT_FRONT, DEFAULT_PUB
+from broker.security import ClientKeys, add_client_args, client_paths, identity_of
 from ledger.chain import GENESIS_HASH, event_hash
+from ledger.checkpoints import (
+    Checkpoint,
+    CheckpointWatch,
+    CheckResult,
+    load_public_key,
+)
 from ledger.errors import CoordinatorError, ErrorCode
+from ledger.sandbox import resolve_key
 from ledger.service import install_stop_signals
 
 DEFAULT_RCVHWM: Final = 4000
@@ -62,6 +72,7 @@ RETRYABLE: Final = frozenset({str(ErrorCode.LEDGER_UNAVAILABLE), str(ErrorCode.B
 
 # alert kinds
 CHAIN_BROKEN: Final = "CHAIN_BROKEN"
+CHECKPOINT_MISMATCH: Final = "CHECKPOINT_MISMATCH"
 BROKER_SILENT: Final = "BROKER_SILENT"
 BROKER_RESUMED: Final = "BROKER_RESUMED"
 LEDGER_DOWN: Final = "LEDGER_DOWN"
@@ -103,6 +114,7 @@ class FollowStats:
     fetched_events: int = 0
     duplicates_dropped: int = 0
     chain_breaks: int = 0
+    checkpoint_mismatches: int = 0
     malformed: int = 0
     stale_replies: int = 0
 
@@ -111,7 +123,9 @@ class FollowStats:
                 "last_seq": self.last_seq, "gaps_fetched": self.gaps_fetched,
                 "duplicates_dropped": self.duplicates_dropped,
                 "chain": "OK" if self.chain_breaks == 0 else "BROKEN",
-                "chain_breaks": self.chain_breaks, "catchup_fetches": self.catchup_fetches,
+                "chain_breaks": self.chain_breaks,
+                "checkpoint_mismatches": self.checkpoint_mismatches,
+                "catchup_fetches": self.catchup_fetches,
                 "fetched_events": self.fetched_events, "malformed": self.malformed}
 
 
@@ -143,7 +157,10 @@ class EventFollower:
                  from_seq: int = 0, live: bool = False, rcvhwm: int = DEFAULT_RCVHWM,
                  dead_after: float = DEFAULT_DEAD_AFTER,
                  request_timeout: float = DEFAULT_REQUEST_TIMEOUT, actor: str = "monitor",
-                 ctx: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+                 ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+                 curve_secret: str | os.PathLike[str] | None = None,
+                 server_key: str | os.PathLike[str] | None = None,
+                 checkpoint_key: Ed25519PublicKey | None = None) -> None:
         if from_seq < 0:
             raise CoordinatorError(ErrorCode.USAGE_ERROR, "from_seq must be >= 0",
                                    field="from_seq")
@@ -151,6 +168,7 @@ class EventFollower:
         self.dead_after = dead_after
         self.request_timeout = request_timeout
         self.actor = actor
+        curve = ClientKeys.maybe(curve_secret, server_key)  # as for AgentClient
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         # SUB first (Clone pattern): whatever is published from here on reaches us or
@@ -160,9 +178,15 @@ class EventFollower:
         self.sub.rcvhwm = max(1, rcvhwm)
         self.sub.setsockopt(zmq.SUBSCRIBE, wire.TOPIC_EVENT)
         self.sub.setsockopt(zmq.SUBSCRIBE, wire.TOPIC_HEARTBEAT)
-        self.sub.connect(pub)
+        self.sub.setsockopt(zmq.SUBSCRIBE, wire.TOPIC_CHECKPOINT)
+        #: signed checkpoints on the stream, checked against the events delivered
+        self.checkpoints = CheckpointWatch(checkpoint_key)
         self.dealer = self.ctx.socket(zmq.DEALER)
         self.dealer.linger = 0
+        if curve is not None:
+            curve.apply(self.sub)
+            curve.apply(self.dealer)
+        self.sub.connect(pub)
         self.dealer.connect(front)
         self.poller = zmq.Poller()
         self.poller.register(self.sub, zmq.POLLIN)
@@ -193,7 +217,7 @@ class EventFollower:
 
     @property
     def chain_ok(self) -> bool:
-        return self.stats.chain_breaks == 0
+        return self.stats.chain_breaks == 0 and self.stats.checkpoint_mismatches == 0
 
     @property
     def caught_up(self) -> bool:
@@ -321,6 +345,13 @@ class EventFollower:
             self._on_live_event(msg.event)
         elif frames[0] == wire.TOPIC_HEARTBEAT and isinstance(msg, wire.Heartbeat):
             self._on_heartbeat(msg)
+        elif frames[0] == wire.TOPIC_CHECKPOINT and isinstance(msg, wire.CheckpointMsg):
+            try:
+                checkpoint = Checkpoint.from_dict(msg.model_dump())
+            except CoordinatorError:
+                self.stats.malformed += 1
+                return
+            self._checkpoint_results(self.checkpoints.checkpoint(checkpoint))
         else:
             self.stats.malformed += 1
 
@@ -520,12 +551,20 @@ class EventFollower:
         stored = row.get("hash")
         self.last_seq = seq
         self.last_hash = stored if isinstance(stored, str) else ""
+        self._checkpoint_results(self.checkpoints.event(seq, self.last_hash))
         s = self.stats
         s.received += 1
         s.last_seq = seq
         if s.first_seq is None:
             s.first_seq = seq
         self._out.append(row)
+
+    def _checkpoint_results(self, results: list[CheckResult]) -> None:
+        for result in results:
+            if not result.ok:
+                self.stats.checkpoint_mismatches += 1
+                self._alert(CHECKPOINT_MISMATCH, f"signed checkpoint at seq {result.seq} "
+                            f"does not match: {result.reason}", result.seq, result.to_dict())
 
     def _chain_alert(self, seq: int, reason: str, details: dict[str, Any]) -> None:
         self.stats.chain_breaks += 1
@@ -661,6 +700,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="exit after printing N events (after filters)")
     stop.add_argument("--idle-exit", type=_non_negative_float, metavar="S",
                       help="exit after S seconds with nothing new, once caught up")
+    p.add_argument("--checkpoint-key", metavar="PATH",
+                   help="the ledger's checkpoint public key (e.g. keys/ledger-checkpoint.pub):"
+                   " also check the signature of every CHECKPOINT on the stream. Without "
+                   "it, checkpoints are still compared with the events (head hash)")
     p.add_argument("--dead-after", type=_positive_float, default=DEFAULT_DEAD_AFTER,
                    metavar="S", help="report the broker silent after S seconds without a "
                    f"heartbeat (default {DEFAULT_DEAD_AFTER})")
@@ -669,6 +712,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=_positive_float, default=DEFAULT_REQUEST_TIMEOUT,
                    metavar="S", help="ask again when a REPLAY gets no answer in S seconds "
                    f"(default {DEFAULT_REQUEST_TIMEOUT})")
+    add_client_args(p)
     return p
 
 
@@ -713,7 +757,7 @@ class _Printer:
             self.line(alert_table_line(alert))
         else:
             self.json(alert.to_dict())
-        loud = "!!! " if alert.alert == CHAIN_BROKEN else ""
+        loud = "!!! " if alert.alert in (CHAIN_BROKEN, CHECKPOINT_MISMATCH) else ""
         self.err.write(f"monitor: {loud}{alert.alert}: {alert.message}\n")
         self.err.flush()
 
@@ -721,6 +765,13 @@ class _Printer:
 def run_monitor(argv: list[str] | None = None, *, out: TextIO | None = None,
                 err: TextIO | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        curve = client_paths(args, "monitor")
+        checkpoint_key = (load_public_key(resolve_key(args.checkpoint_key, must_exist=True))
+                          if args.checkpoint_key else None)
+    except CoordinatorError as exc:
+        (out or sys.stdout).write(json.dumps({"ok": False, "error": exc.to_dict()}) + "\n")
+        return 2
     stop = install_stop_signals()
     printer = _Printer(args.format, out or sys.stdout, err or sys.stderr)
     filters = Filters(frozenset(args.plan_id),
@@ -728,7 +779,9 @@ def run_monitor(argv: list[str] | None = None, *, out: TextIO | None = None,
                       frozenset(args.actor))
     follower = EventFollower(args.broker, args.pub, from_seq=args.from_seq, live=args.live,
                              rcvhwm=args.rcvhwm, dead_after=args.dead_after,
-                             request_timeout=args.request_timeout)
+                             request_timeout=args.request_timeout,
+                             actor=identity_of(curve, "monitor"),
+                             checkpoint_key=checkpoint_key, **curve)
     printed = 0
     try:
         if args.format == "table":

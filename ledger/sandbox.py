@@ -1,10 +1,10 @@
 """The sandbox allowlist: which files the CLIs may open.
 
 The sandbox root is the project root, or ``OS_SANDBOX_ROOT`` when set. Databases live
-under ``<root>/data/``, scenario files under ``<root>/scenarios/``. Paths are given
-relative to the root; absolute paths, ``..`` escapes, repo-prefixed forms
-(``g/sandbox/...`` or ``<root folder name>/...``) and symlinks leading out are refused
-with PATH_NOT_ALLOWED before anything is opened.
+under ``<root>/data/``, scenario files under ``<root>/scenarios/``, key files under
+``<root>/keys/``. Paths are given relative to the root; absolute paths, ``..`` escapes,
+repo-prefixed forms (``g/sandbox/...`` or ``<root folder name>/...``) and symlinks
+leading out are refused with PATH_NOT_ALLOWED before anything is opened.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from ledger.errors import ErrorCode, SandboxError
 PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
 DATA_DIR: Final = "data"
 SCENARIO_DIR: Final = "scenarios"
+#: key files (git-ignored): the ledger's checkpoint signing key, CURVE keys
+KEYS_DIR: Final = "keys"
 DEFAULT_DB: Final = "data/os_sandbox.db"
 REPO_PREFIXES: Final = ("g/sandbox/", "g/sandbox")
 
@@ -40,15 +42,16 @@ def resolve(path: str, area: str, *, must_exist: bool) -> Path:
     if ".." in pure.parts:
         raise SandboxError(ErrorCode.PATH_NOT_ALLOWED, f"{path}: '..' is not allowed",
                            field="path")
+    areas = (DATA_DIR, SCENARIO_DIR, KEYS_DIR)
     if path.startswith(REPO_PREFIXES) or (pure.parts and pure.parts[0] == root.name
-                                          and pure.parts[0] not in (DATA_DIR, SCENARIO_DIR)):
+                                          and pure.parts[0] not in areas):
         raise SandboxError(ErrorCode.PATH_NOT_ALLOWED,
                            f"{path}: repo-prefixed paths are not allowed; give it relative "
                            f"to the sandbox root, e.g. {area}/NAME", field="path")
     if not pure.parts or pure.parts[0] != area or len(pure.parts) < 2:
         raise SandboxError(ErrorCode.PATH_NOT_ALLOWED,
                            f"{path}: only files under {area}/ are allowed here", field="path")
-    base = (root / area).resolve()
+    base = root / area  # not resolved: a symlinked area leading out is refused too
     target = (root / pure).resolve()
     if not target.is_relative_to(base):
         raise SandboxError(ErrorCode.PATH_NOT_ALLOWED,
@@ -64,6 +67,11 @@ def resolve_db(path: str | None) -> Path:
 
 def resolve_scenario(path: str) -> Path:
     return resolve(path, SCENARIO_DIR, must_exist=True)
+
+
+def resolve_key(path: str, *, must_exist: bool = False) -> Path:
+    """A key file under ``<root>/keys/``."""
+    return resolve(path, KEYS_DIR, must_exist=must_exist)
 
 
 OUTPUT_DIRS: Final = ("logs", DATA_DIR)
