@@ -8,6 +8,10 @@ the same id, up to ``retries`` times (zguide "Lazy Pirate"): the ledger applies 
 command_id at most once, so a retry can never apply a command twice. LEDGER_UNAVAILABLE
 and BUSY answers are retried the same way, after a short back-off.
 
+With ``curve_secret`` (this agent's ``.key_secret``) and ``server_key`` (the broker's
+``.key``) the socket is a CURVE client, for a broker started with ``--curve-secret``;
+``actor`` must then be the name the broker allows that key under.
+
 Replies are :class:`broker.protocol.Reply`; a command's outcome is in ``status``
 (APPLIED, CONFLICT or REJECTED). Queries return their ``result`` dict or raise
 :class:`ledger.errors.CoordinatorError`.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,6 +33,7 @@ import zmq.asyncio
 
 from broker import protocol as wire
 from broker.gateway import DEFAULT_FRONT
+from broker.security import ClientKeys
 from ledger.errors import CoordinatorError, ErrorCode
 
 RETRYABLE = frozenset({str(ErrorCode.LEDGER_UNAVAILABLE), str(ErrorCode.BUSY)})
@@ -76,8 +82,12 @@ class AgentClient(_Commands):
 
     def __init__(self, front: str = DEFAULT_FRONT, actor: str = "agent", *,
                  session_id: str | None = None, timeout: float = 5.0, retries: int = 3,
-                 backoff: float = 0.05, ctx: zmq.Context[zmq.Socket[bytes]] | None = None
-                 ) -> None:
+                 backoff: float = 0.05, ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+                 curve_secret: str | os.PathLike[str] | None = None,
+                 server_key: str | os.PathLike[str] | None = None) -> None:
+        #: CURVE keys (``curve_secret``: this agent's .key_secret, ``server_key``: the
+        #: broker's .key), also for other sockets to the same broker (``curve.apply``)
+        self.curve = ClientKeys.maybe(curve_secret, server_key)
         self.actor = actor
         self.session_id = session_id or f"{actor}-{uuid.uuid4().hex[:8]}"
         self.timeout = timeout
@@ -87,6 +97,8 @@ class AgentClient(_Commands):
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        if self.curve is not None:
+            self.curve.apply(self.sock)
         self.sock.connect(front)
         self.deliveries: collections.deque[wire.Deliver] = collections.deque()
         self.stats = {"requests": 0, "resends": 0, "stale_replies": 0}
@@ -273,7 +285,10 @@ class AsyncAgentClient(_Commands):
 
     def __init__(self, front: str = DEFAULT_FRONT, actor: str = "agent", *,
                  session_id: str | None = None, timeout: float = 5.0, retries: int = 3,
-                 backoff: float = 0.05, ctx: zmq.asyncio.Context | None = None) -> None:
+                 backoff: float = 0.05, ctx: zmq.asyncio.Context | None = None,
+                 curve_secret: str | os.PathLike[str] | None = None,
+                 server_key: str | os.PathLike[str] | None = None) -> None:
+        self.curve = ClientKeys.maybe(curve_secret, server_key)  # see AgentClient
         self.actor = actor
         self.session_id = session_id or f"{actor}-{uuid.uuid4().hex[:8]}"
         self.timeout = timeout
@@ -283,6 +298,8 @@ class AsyncAgentClient(_Commands):
         self.ctx = ctx or zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        if self.curve is not None:
+            self.curve.apply(self.sock)
         self.sock.connect(front)
         self.deliveries: asyncio.Queue[wire.Deliver] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Future[wire.Reply]] = {}

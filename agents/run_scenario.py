@@ -9,8 +9,10 @@ runs the simulated agents against a plan instead of a scripted list.
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,13 @@ from agents.client import AgentClient
 from agents.launch import Bus, start_bus
 from agents.monitor import EventFollower
 from broker import protocol as wire
+from broker.security import CurvePaths, add_client_args, client_paths, identity_of
 from ledger.cli.common import EXIT_FAILED_CHECK, emit, parser, run
 from ledger.errors import CoordinatorError, ErrorCode
 from ledger.plans import CommandResult
 from ledger.sandbox import resolve_db, resolve_output_dir, resolve_scenario
 from ledger.scenario import Scenario, Step, build_report, load_scenario
+from ledger.service import positive_float, positive_int
 
 DESCRIPTION = """Play a scenario file through the bus: every step is sent by its actor's own
 agent connection to the broker, which routes it to the ledger. Prints the apply-scenario
@@ -52,8 +56,11 @@ def result_from_reply(step: Step, reply: wire.Reply) -> CommandResult:
                          error=reply.error, replayed=reply.replayed)
 
 
-def play(scenario: Scenario, front: str, *, timeout: float = 5.0) -> list[CommandResult]:
-    """Send every step from its actor's own connection; return the outcomes in order."""
+def play(scenario: Scenario, front: str, *, timeout: float = 5.0,
+         curve: Callable[[str], CurvePaths] | None = None) -> list[CommandResult]:
+    """Send every step from its actor's own connection; return the outcomes in order.
+    ``curve``: the CURVE key files of an actor (a broker with CURVE takes from each key
+    only its own actor)."""
     clients: dict[str, AgentClient] = {}
     try:
         results = []
@@ -62,7 +69,8 @@ def play(scenario: Scenario, front: str, *, timeout: float = 5.0) -> list[Comman
             client = clients.get(cmd.actor)
             if client is None:
                 client = clients[cmd.actor] = AgentClient(
-                    front, cmd.actor, session_id=scenario.session_id, timeout=timeout)
+                    front, cmd.actor, session_id=scenario.session_id, timeout=timeout,
+                    **(curve(cmd.actor) if curve else {}))
             body = cmd.model_dump(mode="json", exclude={"command_id", "actor", "session_id"},
                                   exclude_none=True)
             if "change" in body:
@@ -90,12 +98,16 @@ def _scenario_run(args: Any) -> dict[str, Any]:
             bus = start_bus(db, log_dir=_log_dir())
             front, pub = bus.front, bus.pub
             info = {"db": db, "broker": front, "pub": pub}
-        with AgentClient(front, "run_scenario", timeout=args.timeout) as probe:
+        keys = functools.partial(client_paths, args)  # CURVE: keys of each actor, or {}
+        with AgentClient(front, identity_of(keys("run_scenario"), "run_scenario"),
+                         timeout=args.timeout, **keys("run_scenario")) as probe:
             head = probe.wait_ready(timeout=args.timeout * 2)["head_seq"]
-            follower = (EventFollower(front, pub, from_seq=head, actor="run_scenario-monitor")
+            follower = (EventFollower(front, pub, from_seq=head, **keys("run_scenario"),
+                                      actor=identity_of(keys("run_scenario"),
+                                                        "run_scenario-monitor"))
                         if pub else None)
             try:
-                results = play(scenario, front, timeout=args.timeout)
+                results = play(scenario, front, timeout=args.timeout, curve=keys)
                 verify = probe.query("verify")
                 monitor = _watch(follower, verify["head_seq"], args.timeout)
             finally:
@@ -162,18 +174,23 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--broker", metavar="ADDR", help="use a running broker's front end")
     p.add_argument("--pub", metavar="ADDR", help="its PUB endpoint (for the monitor)")
     p.add_argument("--db", metavar="PATH", help="database under data/ (default: a fresh one)")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+    p.add_argument("--timeout", type=positive_float, default=5.0, metavar="S",
                    help="per-request timeout before a retry (default 5)")
     g = p.add_argument_group("--agents mode")
     g.add_argument("--agents", action="store_true",
                    help="run the simulated agents Liam, Mary and workers on a plan")
     g.add_argument("--plan-id", metavar="ID", help="plan to create (default P-AGENTS-<time>)")
-    g.add_argument("--items", type=int, default=6, metavar="N", help="items (default 6)")
+    g.add_argument("--items", type=positive_int, default=6, metavar="N",
+                   help="items (default 6)")
     g.add_argument("--workers", default="Codex,Codex-2", metavar="NAMES",
                    help="comma-separated worker agents (default Codex,Codex-2)")
-    g.add_argument("--run-timeout", type=float, default=60.0, metavar="S",
+    g.add_argument("--run-timeout", type=positive_float, default=60.0, metavar="S",
                    help="give up on the agents after S seconds (default 60)")
+    add_client_args(p)
     args = p.parse_args(argv)
+    if (args.curve_secret or args.server_key) and (args.agents or not args.broker):
+        p.error("--curve-secret/--server-key are for a running CURVE broker (--broker), in "
+                "scenario mode; the bus run_scenario starts itself is loopback-only")
     if args.broker and not args.pub and args.agents:
         p.error("--broker needs --pub in --agents mode")
     if not args.agents and not args.path:

@@ -58,6 +58,7 @@ import zmq
 from agents.client import AgentClient
 from broker import protocol as wire
 from broker.gateway import COORDINATOR, DEFAULT_FRONT, DEFAULT_PUB
+from broker.security import CurvePaths, add_client_args, client_paths
 from ledger.errors import CoordinatorError, ErrorCode
 from ledger.model import EventType
 from ledger.service import install_stop_signals, setup_logging
@@ -125,6 +126,7 @@ class Config:
     timeout: float = DEFAULT_TIMEOUT
     request_timeout: float = 2.0
     reprioritise: int = -1  # planner: how many items to re-prioritise (-1: all)
+    curve: CurvePaths | None = None  # CURVE key files (--curve-secret, --server-key)
 
 
 class SimAgent:
@@ -144,9 +146,12 @@ class SimAgent:
             "rejected": 0, "items_done": 0}
         self.client = AgentClient(
             config.front, config.name, timeout=config.request_timeout, retries=3,
-            session_id=f"S-{config.plan_id}-{config.name}-{uuid.uuid4().hex[:6]}")
+            session_id=f"S-{config.plan_id}-{config.name}-{uuid.uuid4().hex[:6]}",
+            **(config.curve or {}))
         self.sub = self.client.ctx.socket(zmq.SUB)
         self.sub.linger = 0
+        if self.client.curve is not None:
+            self.client.curve.apply(self.sub)
         self.sub.setsockopt(zmq.SUBSCRIBE, wire.TOPIC_EVENT)
         self.sub.setsockopt(zmq.SUBSCRIBE, wire.TOPIC_HEARTBEAT)
         self.sub.connect(config.pub)
@@ -766,8 +771,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--reprioritise", type=int, default=-1, metavar="N",
                    help="Liam re-prioritises the first N items that go IN_PROGRESS "
                    "(default -1: all; 0: none)")
+    add_client_args(p)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
+    try:
+        curve = client_paths(args, args.name)
+    except CoordinatorError as exc:
+        p.error(f"{exc.code}: {exc.message}")
     workers = tuple(w.strip() for w in args.workers.split(",") if w.strip())
     if args.items < 1:
         p.error("--items must be at least 1")
@@ -778,7 +788,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     setup_logging(f"agent {args.name}", args.verbose)
     return Config(args.name, args.role or role_of(args.name), args.broker, args.pub,
                   args.plan_id, args.items, workers, args.timeout, args.request_timeout,
-                  args.reprioritise)
+                  args.reprioritise, curve)
 
 
 def main(argv: list[str] | None = None) -> None:

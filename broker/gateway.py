@@ -13,6 +13,11 @@ The ledger counts as up while it has been heard from (reply, event or heartbeat)
 and requests in flight are failed the moment it is declared down or their
 ``--request-timeout`` expires (the command may have been applied: retry with the same
 command_id, which is idempotent).
+
+Without CURVE, --front and --pub bind to loopback or ipc:// only (INSECURE_BIND). With
+``--curve-secret``/``--curve-allow`` both are CURVE servers admitting only the allowed
+keys, and a request whose actor is not its key's identity gets ACTOR_MISMATCH
+(broker/security.py).
 """
 
 from __future__ import annotations
@@ -31,10 +36,19 @@ import zmq
 
 from broker import protocol as wire
 from broker.normalise import normalise
+from broker.security import CurveServer, require_local_bind, user_id
 from ledger.commands import parse_command
 from ledger.errors import CoordinatorError, ErrorCode
 from ledger.plans import utc_now
-from ledger.service import LINGER_MS, announce, install_stop_signals, setup_logging
+from ledger.sandbox import resolve_key
+from ledger.service import (
+    LINGER_MS,
+    announce,
+    install_stop_signals,
+    positive_float,
+    positive_int,
+    setup_logging,
+)
 
 DEFAULT_FRONT = "tcp://127.0.0.1:5570"
 DEFAULT_PUB = "tcp://127.0.0.1:5571"
@@ -64,18 +78,29 @@ class BrokerConfig:
     request_timeout: float = 10.0
     heartbeat: float = 1.0
     liveness: float = 3.0
+    #: CURVE on the front end and the PUB (broker/security.py); None: loopback only
+    curve: CurveServer | None = None
 
 
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
+        if config.curve is None:
+            for name in ("front", "pub"):
+                require_local_bind(getattr(config, name), name, why="without CURVE "
+                                   "(--curve-secret and --curve-allow) the broker")
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        #: the ZAP handler admitting only allowed keys (None without CURVE)
+        self.auth = config.curve.start_authenticator(self.ctx) if config.curve else None
         self.front = self._socket(zmq.ROUTER)
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.front.setsockopt(zmq.MAXMSGSIZE, 4 * wire.MAX_FRAME_BYTES)
-        self.front.bind(config.front)
         self.pub = self._socket(zmq.PUB)
         self.pub.sndhwm = PUB_HWM
+        if config.curve is not None:
+            config.curve.apply(self.front)
+            config.curve.apply(self.pub)
+        self.front.bind(config.front)
         self.pub.bind(config.pub)
         self.backend = self._socket(zmq.DEALER)
         self.backend.setsockopt(zmq.IMMEDIATE, 1)  # never queue for an absent ledger
@@ -95,6 +120,10 @@ class Broker:
         self.ledger_seen = float("-inf")
         self.head_seq = 0
         self.head_hash = "0" * 64
+        #: the ledger's committed head from its last probe reply; PING reports it (the
+        #: heartbeat keeps head_seq, the head already republished, so it never runs
+        #: ahead of the events on the PUB stream)
+        self.probed_head: tuple[int, str] = (0, "0" * 64)
         self.stats = {"requests": 0, "forwarded": 0, "refused": 0, "events": 0}
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
@@ -130,8 +159,11 @@ class Broker:
                     was_up = up
                 self._expire(now, up)
                 for sock, _ in poller.poll(int(max(0.0, min(next_beat - now, 0.1)) * 1000)):
-                    if sock is self.front:
+                    if sock is self.front and self.auth is None:
                         self._on_front(self.front.recv_multipart())
+                    elif sock is self.front:  # CURVE: the key's identity comes along
+                        parts = self.front.recv_multipart(copy=False)
+                        self._on_front([p.bytes for p in parts], user_id(parts[-1]))
                     elif sock is self.backend:
                         self._on_backend(self.backend.recv_multipart())
                     else:
@@ -158,7 +190,9 @@ class Broker:
             reply = reply.model_copy(update={"status": "REJECTED"})
         self._reply(envelope, reply)
 
-    def _on_front(self, frames: list[bytes]) -> None:
+    def _on_front(self, frames: list[bytes], identity: str | None = None) -> None:
+        """One request. ``identity``: the sender's CURVE identity (None without CURVE);
+        a request acting as anyone else is refused with ACTOR_MISMATCH."""
         self.stats["requests"] += 1
         # [identity, (b"" if the client is a REQ socket), PROTOCOL, header, body]
         cut = 2 if len(frames) > 1 and frames[1] == b"" else 1
@@ -176,6 +210,11 @@ class Broker:
             msg = wire.from_parts(*normalise(header, data))
             request_id = msg.id
             is_command = isinstance(msg, wire.CommandMsg)
+            if identity is not None and msg.actor is not None and msg.actor != identity:
+                raise CoordinatorError(
+                    ErrorCode.ACTOR_MISMATCH, f"this connection's key belongs to "
+                    f"{identity!r}; it cannot act as {msg.actor!r}", field="actor",
+                    details={"identity": identity, "actor": msg.actor})
             self._route(envelope, msg)
         except CoordinatorError as exc:
             self._refuse(envelope, request_id, exc, rejected=is_command)
@@ -190,9 +229,10 @@ class Broker:
                 self._reply(envelope, wire.Reply(id=msg.id, ok=True,
                                                  result={"registered": msg.actor}))
             case wire.Ping():
+                head_seq, head_hash = max((self.head_seq, self.head_hash), self.probed_head)
                 self._reply(envelope, wire.Reply(id=msg.id, ok=True, result={
-                    "broker_up": True, "ledger_up": self.ledger_up, "head_seq": self.head_seq,
-                    "head_hash": self.head_hash, "inflight": len(self.inflight)}))
+                    "broker_up": True, "ledger_up": self.ledger_up, "head_seq": head_seq,
+                    "head_hash": head_hash, "inflight": len(self.inflight)}))
             case wire.CommandMsg():
                 # validate the command here, so malformed ones never reach the ledger
                 parse_command({**msg.command, "command_id": msg.id, "actor": msg.actor,
@@ -250,6 +290,9 @@ class Broker:
     def _on_backend(self, frames: list[bytes]) -> None:
         self.ledger_seen = time.monotonic()
         if frames[0] == PROBE_KEY:
+            with contextlib.suppress(CoordinatorError, KeyError, TypeError, ValueError):
+                result = wire.decode(frames[1:]).result or {}
+                self.probed_head = (int(result["head_seq"]), str(result["head_hash"]))
             return
         pending = self.inflight.pop(frames[0], None)
         if pending is None:
@@ -276,6 +319,8 @@ class Broker:
                     self.head_seq, self.head_hash = beat.head_seq, beat.head_hash
             except CoordinatorError:
                 log.warning("malformed heartbeat from the ledger")
+        else:  # everything else the ledger publishes (checkpoints, ...) goes out as-is
+            self.pub.send_multipart(frames)
 
     def _expire(self, now: float, up: bool) -> None:
         if not self.inflight:
@@ -298,7 +343,19 @@ class Broker:
     def close(self) -> None:
         for sock in (self.front, self.pub, self.backend, self.ledger_sub):
             sock.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
+
+
+def _load_curve(secret: str | None, allow: str | None) -> CurveServer | None:
+    if secret is None and allow is None:
+        return None
+    if secret is None or allow is None:
+        raise CoordinatorError(ErrorCode.USAGE_ERROR,
+                               "--curve-secret and --curve-allow go together",
+                               field="curve_allow" if allow is None else "curve_secret")
+    return CurveServer.load(resolve_key(secret, must_exist=True), resolve_key(allow))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -317,29 +374,44 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"the ledger's ROUTER (default {d.ledger})")
     p.add_argument("--ledger-pub", default=d.ledger_pub, metavar="ADDR",
                    help=f"the ledger's PUB (default {d.ledger_pub})")
-    p.add_argument("--max-inflight", type=int, default=d.max_inflight, metavar="N",
+    p.add_argument("--max-inflight", type=positive_int, default=d.max_inflight, metavar="N",
                    help=f"requests at the ledger at once before BUSY (default {d.max_inflight})")
-    p.add_argument("--request-timeout", type=float, default=d.request_timeout, metavar="S",
+    p.add_argument("--request-timeout", type=positive_float, default=d.request_timeout,
+                   metavar="S",
                    help=f"fail a request the ledger has not answered in S seconds "
                    f"(default {d.request_timeout})")
-    p.add_argument("--heartbeat", type=float, default=d.heartbeat, metavar="S",
+    p.add_argument("--heartbeat", type=positive_float, default=d.heartbeat, metavar="S",
                    help=f"heartbeat interval (default {d.heartbeat})")
-    p.add_argument("--liveness", type=float, default=d.liveness, metavar="S",
+    p.add_argument("--liveness", type=positive_float, default=d.liveness, metavar="S",
                    help=f"declare the ledger down after S silent seconds (default {d.liveness})")
+    sec = p.add_argument_group(
+        "CURVE (without it, --front and --pub must be loopback or ipc://)")
+    sec.add_argument("--curve-secret", metavar="PATH",
+                     help="the broker's secret key file under keys/ (bin/keygen broker "
+                     "makes keys/broker.key_secret); agents need the matching .key")
+    sec.add_argument("--curve-allow", metavar="DIR",
+                     help="directory under keys/ of allowed agents' public keys, e.g. "
+                     "keys/allowed/ holding Liam.key: that key may connect, as 'Liam' only")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging("broker", args.verbose)
     stop = install_stop_signals()
-    config = BrokerConfig(args.front, args.pub, args.ledger, args.ledger_pub,
-                          args.max_inflight, args.request_timeout, args.heartbeat,
-                          args.liveness)
     try:
+        curve = _load_curve(args.curve_secret, args.curve_allow)
+        config = BrokerConfig(args.front, args.pub, args.ledger, args.ledger_pub,
+                              args.max_inflight, args.request_timeout, args.heartbeat,
+                              args.liveness, curve=curve)
         broker = Broker(config)
+    except CoordinatorError as exc:
+        announce({"ok": False, "error": exc.to_dict()})
+        sys.exit(2)
     except zmq.ZMQError as exc:
         announce({"ok": False, "error": {"code": str(ErrorCode.BIND_FAILED),
                                          "message": str(exc)}})
         sys.exit(2)
-    announce({"ok": True, "ready": True, "role": "broker", "endpoints": broker.endpoints})
+    announce({"ok": True, "ready": True, "role": "broker", "endpoints": broker.endpoints,
+              "curve": curve is not None,
+              "allowed": sorted(curve.allowed.values()) if curve else None})
     broker.serve(stop)
     log.info("stopped: %s", broker.stats)
 

@@ -36,6 +36,8 @@ class ErrorCode(StrEnum):
     PATH_NOT_ALLOWED = "PATH_NOT_ALLOWED"
     FILE_NOT_FOUND = "FILE_NOT_FOUND"
     FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    #: a file that would be overwritten (bin/keygen without --force)
+    FILE_EXISTS = "FILE_EXISTS"
     DB_NOT_INITIALISED = "DB_NOT_INITIALISED"
     DB_ERROR = "DB_ERROR"
     DB_BUSY = "DB_BUSY"
@@ -62,6 +64,11 @@ class ErrorCode(StrEnum):
     BUSY = "BUSY"
     TIMEOUT = "TIMEOUT"
     BIND_FAILED = "BIND_FAILED"
+    # who may write (CURVE, see broker/security.py)
+    #: a request whose actor is not the identity bound to the sender's CURVE key
+    ACTOR_MISMATCH = "ACTOR_MISMATCH"
+    #: a bind address reachable from other machines, without CURVE (or for the ledger)
+    INSECURE_BIND = "INSECURE_BIND"
 
 
 class CoordinatorError(Exception):
