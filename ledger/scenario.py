@@ -102,7 +102,14 @@ def load_scenario(path: Path) -> Scenario:
         raise ValidationError(ErrorCode.INVALID_JSON,
                               f"{path.name}: line {exc.lineno} column {exc.colno}: {exc.msg}",
                               details={"line": exc.lineno, "column": exc.colno}) from None
-    return parse_scenario(data)
+    except RecursionError:  # e.g. 100 000 nested brackets: refuse, do not crash
+        raise ValidationError(ErrorCode.INVALID_JSON,
+                              f"{path.name}: nested too deeply to be a scenario") from None
+    try:
+        return parse_scenario(data)
+    except RecursionError:  # deep but parseable nesting inside a step
+        raise ValidationError(ErrorCode.INVALID_JSON,
+                              f"{path.name}: nested too deeply to be a scenario") from None
 
 
 _COUNTED: Final = {

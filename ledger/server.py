@@ -20,17 +20,28 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import protocol as wire
-from ledger import queries, sqlite
-from ledger.errors import CoordinatorError, ErrorCode
+from broker.security import require_local_bind
+from ledger import checkpoints, integrity, queries, sqlite
+from ledger.checkpoints import Checkpoint, CheckpointWriter, load_or_create_key
+from ledger.errors import CoordinatorError, ErrorCode, StorageError
 from ledger.model import Event
 from ledger.plans import CommandResult, Ledger, utc_now
-from ledger.sandbox import resolve_db, sandbox_root
-from ledger.service import LINGER_MS, announce, install_stop_signals, setup_logging
+from ledger.sandbox import resolve_db, resolve_key, resolve_output_dir, sandbox_root
+from ledger.service import (
+    LINGER_MS,
+    announce,
+    install_stop_signals,
+    positive_float,
+    positive_int,
+    setup_logging,
+)
 from ledger.sqlite import SqliteStore
 from ledger.verify import verify_store
 
@@ -38,6 +49,8 @@ DEFAULT_BIND = "tcp://127.0.0.1:5580"
 DEFAULT_PUB = "tcp://127.0.0.1:5581"
 READER_ENDPOINT = "inproc://ledger-reader"
 PUB_HWM = 100_000
+CHECKPOINT_KEY = checkpoints.DEFAULT_KEY
+CHECKPOINT_DIR = checkpoints.DEFAULT_DIR
 
 log = logging.getLogger("ledger")
 
@@ -134,16 +147,34 @@ def _reader(ctx: zmq.Context[zmq.Socket[bytes]], store: SqliteStore,
 class LedgerServer:
     def __init__(self, db_path: Any, bind: str = DEFAULT_BIND, pub: str = DEFAULT_PUB, *,
                  heartbeat: float = 1.0, durability: sqlite.Durability = "full",
-                 max_batch: int = 256, batch_window: float = 0.002) -> None:
+                 max_batch: int = 256, batch_window: float = 0.002,
+                 checkpoint_key: Ed25519PrivateKey | None = None,
+                 checkpoint_dir: Path | None = None, checkpoint_every: float = 10.0) -> None:
+        # its sockets are for the broker alone: loopback or ipc://, never the network
+        for name, endpoint in (("bind", bind), ("pub", pub)):
+            require_local_bind(endpoint, name, why="the ledger (its sockets are for the "
+                               "broker alone)")
         self.db_path = db_path
         self.heartbeat = heartbeat
         self.max_batch = max_batch
         self.batch_window = batch_window
         self.stats = {"batches": 0, "commands": 0}
+        # refuse a damaged database before anything writes to it (DB_DAMAGED); fast:
+        # quick_check + chain tail, see ledger/integrity.py and docs/DURABILITY.md
+        self.startup_check = integrity.startup_check(db_path)
         sqlite.initialise(db_path)
         self.store = SqliteStore(db_path, durability=durability)
         self.ledger = Ledger(self.store)
         self.head_seq, self.head_hash = self.store.head()
+        #: signed checkpoints (ledger/checkpoints.py): computed on their own thread from
+        #: their own read-only connection, so the writer's hot path never waits for them
+        self.checkpoints: CheckpointWriter | None = None
+        self._snapshot_store: SqliteStore | None = None
+        if checkpoint_key is not None and checkpoint_dir is not None:
+            self._snapshot_store = SqliteStore(db_path, readonly=True)
+            self.checkpoints = CheckpointWriter(checkpoint_key, checkpoint_dir,
+                                                self._snapshot_store.snapshot,
+                                                every=checkpoint_every)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.linger = LINGER_MS
@@ -166,6 +197,8 @@ class LedgerServer:
             target=_reader, name="ledger-reader", daemon=True,
             args=(self.ctx, SqliteStore(self.db_path, readonly=True), reader_stop))
         reader.start()
+        if self.checkpoints is not None:
+            self.checkpoints.start()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.reader_pipe, zmq.POLLIN)
@@ -176,6 +209,9 @@ class LedgerServer:
                 if now >= next_beat:
                     self._heartbeat()
                     next_beat = now + self.heartbeat
+                if self.checkpoints is not None:
+                    for checkpoint in self.checkpoints.poll(self.head_seq, now):
+                        self._publish_checkpoint(checkpoint)
                 timeout = max(0.0, min(next_beat - now, 0.2))
                 for sock, _ in poller.poll(int(timeout * 1000)):
                     if sock is self.router:
@@ -185,6 +221,9 @@ class LedgerServer:
         finally:
             reader_stop.set()
             reader.join(timeout=2)
+            if self.checkpoints is not None:  # the last one, at shutdown
+                for checkpoint in self.checkpoints.close(self.head_seq):
+                    self._publish_checkpoint(checkpoint)
             self.close()
 
     def _drain(self) -> None:
@@ -256,11 +295,18 @@ class LedgerServer:
                               head_hash=self.head_hash, ts=utc_now())
         self.pub.send_multipart([wire.TOPIC_HEARTBEAT, *wire.encode(beat)])
 
+    def _publish_checkpoint(self, checkpoint: Checkpoint) -> None:
+        msg = wire.CheckpointMsg(id=str(checkpoint.seq), **checkpoint.to_dict())
+        self.pub.send_multipart([wire.TOPIC_CHECKPOINT, *wire.encode(msg)])
+        log.info("checkpoint at seq %d signed and published", checkpoint.seq)
+
     def close(self) -> None:
         for sock in (self.router, self.pub, self.reader_pipe):
             sock.close()
         self.ctx.term()
         self.store.close()
+        if self._snapshot_store is not None:
+            self._snapshot_store.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -269,37 +315,64 @@ def main(argv: list[str] | None = None) -> None:
         description="Run the ledger: the single writer of the database. Applies plan "
         "commands from the broker, replies after each commit, publishes committed events "
         "in seq order, and serves read queries and event replay from a read-only "
-        "connection. Stop with Ctrl-C or SIGTERM.")
+        "connection. Stop with Ctrl-C or SIGTERM. At start an existing database is "
+        "checked (PRAGMA quick_check and the chain tail); a damaged one is refused: the "
+        "ready line is {\"ok\": false, \"error\": {\"code\": \"DB_DAMAGED\", ...}} "
+        "and the exit status 3 (bin/verify_chain says where). Durability: "
+        "docs/DURABILITY.md.")
     p.add_argument("--db", default=None, metavar="PATH",
                    help="database under data/ (default data/os_sandbox.db; created if missing)")
     p.add_argument("--bind", default=DEFAULT_BIND, metavar="ADDR",
                    help=f"ROUTER endpoint the broker connects to (default {DEFAULT_BIND}; "
-                   "port * picks a free one)")
+                   "port * picks a free one; loopback or ipc:// only: it is for the broker)")
     p.add_argument("--pub", default=DEFAULT_PUB, metavar="ADDR",
                    help=f"PUB endpoint for events and heartbeats (default {DEFAULT_PUB})")
-    p.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("--heartbeat", type=positive_float, default=1.0, metavar="SECONDS",
                    help="heartbeat interval (default 1.0)")
     p.add_argument("--durability", choices=("full", "normal"), default="full",
                    help="full: fsync every commit (survives power loss; default); normal: "
                    "survives a process crash, may lose the last commits on power loss")
-    p.add_argument("--max-batch", type=int, default=256, metavar="N",
+    p.add_argument("--max-batch", type=positive_int, default=256, metavar="N",
                    help="group commit: most commands applied in one transaction (default 256)")
+    p.add_argument("--checkpoint-key", default=None, metavar="PATH",
+                   help="sign checkpoints with this Ed25519 key under keys/ (created, mode "
+                   f"0600, with its .pub beside it, if missing; default {CHECKPOINT_KEY} "
+                   "when --checkpoint-dir is given). Without either option: no checkpoints")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="write one signed checkpoint JSON file per checkpoint here (under "
+                   f"data/ or logs/; default {CHECKPOINT_DIR} when --checkpoint-key is given); "
+                   "each is also published on the PUB stream, topic 'checkpoint'")
+    p.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
+                   help="checkpoint interval when the head moved (default 10); one more at "
+                   "shutdown")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging("ledger", args.verbose)
     stop = install_stop_signals()
     try:
         db = resolve_db(args.db)
+        key, key_path, checkpoint_dir = None, None, None
+        if args.checkpoint_key or args.checkpoint_dir:
+            key_path = resolve_key(args.checkpoint_key or CHECKPOINT_KEY)
+            checkpoint_dir = resolve_output_dir(args.checkpoint_dir or CHECKPOINT_DIR)
+            key = load_or_create_key(key_path)
         server = LedgerServer(db, args.bind, args.pub, heartbeat=args.heartbeat,
-                              durability=args.durability, max_batch=args.max_batch)
+                              durability=args.durability, max_batch=args.max_batch,
+                              checkpoint_key=key, checkpoint_dir=checkpoint_dir,
+                              checkpoint_every=args.checkpoint_every)
     except (CoordinatorError, zmq.ZMQError) as exc:
         err = exc.to_dict() if isinstance(exc, CoordinatorError) else {
             "code": str(ErrorCode.BIND_FAILED), "message": str(exc)}
         announce({"ok": False, "error": err})
-        sys.exit(2)
+        sys.exit(3 if isinstance(exc, StorageError) else 2)
     announce({"ok": True, "ready": True, "role": "ledger",
               "db": str(db.relative_to(sandbox_root())), "head_seq": server.head_seq,
-              "endpoints": server.endpoints})
+              "endpoints": server.endpoints,
+              **({"checkpoints": {
+                  "dir": str(checkpoint_dir.relative_to(sandbox_root())),
+                  "key": str(key_path.relative_to(sandbox_root())),
+                  "key_id": server.checkpoints.key_id, "every": args.checkpoint_every}}
+                 if server.checkpoints and checkpoint_dir and key_path else {})})
     server.serve(stop)
     log.info("stopped at head seq %d after %s", server.head_seq, server.stats)
 

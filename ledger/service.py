@@ -3,8 +3,10 @@ stop on SIGINT/SIGTERM, one JSON "ready" line on stdout, logs on stderr."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -36,3 +38,25 @@ def setup_logging(name: str, verbose: bool = False) -> logging.Logger:
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
     return logging.getLogger(name)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0 (anything else is a clear usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (seconds, intervals)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value

@@ -1,0 +1,247 @@
+"""Is a ledger database file fit to serve? The start-up check and the damage report.
+
+:func:`startup_check` runs every time the ledger starts, before it opens the database
+for writing. It must stay fast on a big database, so it does not run
+``PRAGMA integrity_check`` (which also cross-checks every index against its table, several
+times slower: docs/DURABILITY.md has figures); it runs:
+
+- ``PRAGMA quick_check``: every page of the file is read and its b-tree structure and
+  record format checked (a truncated file, a torn or overwritten page, a file that is
+  not a database all fail here). It does not check that index contents match their
+  tables; ``bin/verify_chain`` runs the full integrity_check;
+- the ledger schema is there (an existing file is never initialised over: an empty or
+  foreign file is damage, not a new database);
+- the chain tail: the number of events equals the last seq (no hole, nothing lost
+  from the middle), the last event's hash recomputes from its columns, its prev_hash is
+  the hash of the event before it, and no command record points past the last event.
+
+The middle of the chain is not re-hashed at start (that reads the whole log: it is what
+``bin/verify_chain`` is for). A failure raises :class:`ledger.errors.StorageError`
+with code ``DB_DAMAGED`` saying what failed; the ledger then refuses to start.
+
+:func:`damage_report` is what ``bin/verify_chain`` prints for a file that SQLite itself
+finds damaged: the full ``integrity_check`` messages, the tables they concern, and how
+far the event log can still be read.
+
+Both open the file read-only (``mode=ro``): a damaged file is never written to, not
+even by a WAL checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+from ledger.chain import GENESIS_HASH, event_hash
+from ledger.errors import ErrorCode, StorageError
+from ledger.model import EVENT_COLUMNS
+
+LEDGER_TABLES: Final = ("meta", "events", "commands", "plans", "plan_items", "plan_links")
+#: SQLite error names that mean the file itself is damaged (rather than busy, locked
+#: or unreadable for lack of permission).
+DAMAGE_ERRORS: Final = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR_SHORT_READ",
+                        "SQLITE_FORMAT")
+#: Most integrity_check messages reported (SQLite's own default is 100).
+MAX_MESSAGES: Final = 20
+HINT: Final = "run bin/verify_chain --db {db} to see where"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    return (name.startswith(DAMAGE_ERRORS) or "malformed" in text
+            or "not a database" in text)
+
+
+def _damaged(path: Path, what: str, **details: Any) -> StorageError:
+    return StorageError(ErrorCode.DB_DAMAGED,
+                        f"{path.name}: {what}; the ledger will not serve it "
+                        f"({HINT.format(db=path.name)})", details=details)
+
+
+def _sqlite_failure(path: Path, exc: sqlite3.Error, doing: str) -> StorageError:
+    if _is_damage(exc):
+        return _damaged(path, f"{doing}: {exc}", sqlite_error=getattr(
+            exc, "sqlite_errorname", None))
+    return StorageError(ErrorCode.DB_ERROR, f"{path.name}: {doing}: {exc}")
+
+
+def startup_check(path: Path) -> dict[str, Any]:
+    """Check an existing database before serving it; a missing file passes (the ledger
+    creates it). Returns what was checked; raises StorageError(DB_DAMAGED)."""
+    if not path.exists():
+        return {"checked": False, "reason": "new database"}
+    try:
+        with closing(_connect(path)) as conn:
+            return _startup_check(path, conn)
+    except sqlite3.Error as exc:
+        raise _sqlite_failure(path, exc, "reading it") from exc
+
+
+def _startup_check(path: Path, conn: sqlite3.Connection) -> dict[str, Any]:
+    try:
+        problems = [str(r[0]) for r in conn.execute(f"PRAGMA quick_check({MAX_MESSAGES})")]
+    except sqlite3.Error as exc:
+        if not _is_damage(exc):
+            raise
+        problems = [str(exc)]
+    if problems != ["ok"]:
+        lines = [line for p in problems for line in p.splitlines()]
+        shown = "; ".join(lines[:4]) + (f" (and {len(lines) - 4} more)" if len(lines) > 4
+                                        else "")
+        raise _damaged(path, f"PRAGMA quick_check failed: {shown}", quick_check=lines)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    missing = [t for t in LEDGER_TABLES if t not in tables]
+    if missing:
+        what = ("the file is empty" if not tables
+                else f"tables missing: {', '.join(missing)}")
+        raise _damaged(path, f"not a ledger database ({what}); the ledger creates a "
+                       "database only where no file exists", missing_tables=missing)
+    count, last_seq = conn.execute("SELECT COUNT(*), MAX(seq) FROM events").fetchone()
+    last_seq = last_seq or 0
+    if count != last_seq:
+        raise _damaged(path, f"chain tail: {count} events but the last seq is {last_seq} "
+                       "(events are missing from the log)", events=count, last_seq=last_seq)
+    if count:
+        rows = conn.execute(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events "
+                            "ORDER BY seq DESC LIMIT 2").fetchall()
+        last = dict(zip(EVENT_COLUMNS, rows[0], strict=True))
+        before = rows[1][EVENT_COLUMNS.index("hash")] if len(rows) > 1 else GENESIS_HASH
+        try:
+            computed = event_hash(last)
+        except (TypeError, ValueError):
+            computed = None
+        if computed != last["hash"]:
+            raise _damaged(path, f"chain tail: the hash of event seq {last_seq} does not "
+                           "match its contents", seq=last_seq)
+        if last["prev_hash"] != before:
+            raise _damaged(path, f"chain tail: event seq {last_seq} does not link to event "
+                           f"seq {last_seq - 1} (prev_hash differs)", seq=last_seq)
+    (command_seq,) = conn.execute("SELECT MAX(seq) FROM commands").fetchone()
+    if command_seq is not None and command_seq > last_seq:
+        raise _damaged(path, f"chain tail: a command record points to event seq "
+                       f"{command_seq}, after the last event {last_seq} (the tail of the log "
+                       "was cut off)", last_seq=last_seq, command_seq=command_seq)
+    return {"checked": True, "quick_check": "ok", "events": count, "head_seq": last_seq}
+
+
+_PAGE = re.compile(r"\b(?:Tree|Page|page) (\d+)\b")
+_INDEX = re.compile(r"\bindex (\w+)")
+
+
+def damage_report(path: Path) -> dict[str, Any] | None:
+    """None if the file passes ``PRAGMA integrity_check``; otherwise the verify_chain JSON
+    for a damaged file: chain_status DAMAGED, the integrity messages, where the damage is
+    (the tables it concerns, a truncation the header reveals) and how far the event log
+    can still be read."""
+    try:
+        conn = _connect(path)
+    except sqlite3.Error as exc:
+        raise _sqlite_failure(path, exc, "opening it") from exc
+    with closing(conn):
+        try:
+            rows = conn.execute(f"PRAGMA integrity_check({MAX_MESSAGES})").fetchall()
+            messages = [line for r in rows for line in str(r[0]).splitlines()]
+        except sqlite3.Error as exc:
+            if not _is_damage(exc):
+                raise _sqlite_failure(path, exc, "checking it") from exc
+            messages = [f"integrity_check could not run: {exc}"]
+        if messages == ["ok"]:
+            return None
+        tables = _tables_named(conn, messages)
+        readable, last_seq, stopped = _readable_events(conn)
+    where = [f"table {t}" for t in tables]
+    truncated = _truncation(path)
+    if truncated:
+        where.insert(0, truncated)
+    report: dict[str, Any] = {
+        "ok": False, "chain_status": "DAMAGED",
+        "error": {"code": str(ErrorCode.DB_DAMAGED),
+                  "message": f"{path.name} fails PRAGMA integrity_check"
+                             + (f" ({'; '.join(where)})" if where else "")
+                             + f"; the event log reads up to seq {last_seq}"
+                             + (f", then: {stopped}" if stopped else "")},
+        "integrity_check": messages, "tables": tables, "truncated": truncated,
+        "events_readable": readable, "last_readable_seq": last_seq, "read_error": stopped,
+    }
+    return report
+
+
+def _truncation(path: Path) -> str | None:
+    """A file shorter than its header says (page size x page count), described."""
+    with path.open("rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return f"the file header is missing or not SQLite's ({len(header)} bytes read)"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    size = path.stat().st_size
+    if pages and size < page_size * pages:
+        return (f"the file is truncated: {size} bytes, its header says {pages} pages of "
+                f"{page_size} = {pages * page_size} bytes (pages {size // page_size + 1}.."
+                f"{pages} are missing)")
+    return None
+
+
+def _tables_named(conn: sqlite3.Connection, messages: list[str]) -> list[str]:
+    """The tables the damage concerns: pages and indexes the integrity messages name,
+    mapped through sqlite_master and dbstat, plus every table that cannot be read to
+    its end (empty if even the schema cannot be read)."""
+    try:
+        schema = conn.execute("SELECT name, tbl_name, type, rootpage FROM sqlite_master"
+                              ).fetchall()
+    except sqlite3.Error:
+        return []
+    by_root = {int(root): tbl for _, tbl, _, root in schema if root}
+    by_name = {name: tbl for name, tbl, _, _ in schema}
+    pages = {int(n) for text in messages for n in _PAGE.findall(text)}
+    if pages:
+        try:
+            for name, page in conn.execute("SELECT name, pageno FROM dbstat"):
+                if int(page) in pages and name in by_name:
+                    by_root.setdefault(int(page), by_name[name])
+        except sqlite3.Error:
+            pass  # dbstat walks the same damaged b-trees; take what the roots say
+    found: list[str] = []
+
+    def add(name: str | None) -> None:
+        if name and name not in found:
+            found.append(name)
+
+    for text in messages:
+        for page in _PAGE.findall(text):
+            add(by_root.get(int(page)))
+        for index in _INDEX.findall(text):
+            add(by_name.get(index))
+    for name, _, kind, _ in schema:
+        if kind == "table" and not name.startswith("sqlite_"):
+            try:
+                for _ in conn.execute(f'SELECT * FROM "{name}"'):
+                    pass
+            except sqlite3.Error:
+                add(name)
+    return found
+
+
+def _readable_events(conn: sqlite3.Connection) -> tuple[int, int, str | None]:
+    """(events read, last seq read, the error that stopped the read or None)."""
+    count = last = 0
+    try:
+        for (seq,) in conn.execute("SELECT seq FROM events ORDER BY seq"):
+            count += 1
+            last = int(seq)
+    except sqlite3.Error as exc:
+        return count, last, str(exc)
+    return count, last, None
