@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import orjson
 
 from ledger.chain import ChainReport, verify_events
 from ledger.memory import MemoryState
@@ -29,7 +30,7 @@ def verify_store(store: Store, *, observe: Observer | None = None) -> dict[str, 
             if replay_errors:
                 continue  # the state after a failed replay step means nothing
             try:
-                payload = json.loads(ev.payload)
+                payload = orjson.loads(ev.payload)
                 project(ev, payload, replay)
             except Exception as exc:  # any malformed event is a finding, not a crash
                 replay_errors.append((ev.seq, f"replay failed: {exc}"))
