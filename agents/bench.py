@@ -61,6 +61,7 @@ def make_workload(agents: int, per_agent: int, seed: int = 7, stale: float = 0.0
         actor = f"bench-{k}"
         versions: dict[str, int] = {}
         states: dict[str, str] = {}
+        items: list[str] = []  # rng.choice needs a sequence; list(versions) would be O(n)
         cmds: list[dict[str, Any]] = []
         expect: list[str] = []
         n = 0
@@ -71,11 +72,12 @@ def make_workload(agents: int, per_agent: int, seed: int = 7, stale: float = 0.0
             if not versions or r < 0.20:
                 item = f"I-{k}-{len(versions)}"
                 versions[item], states[item] = 1, "TODO"
+                items.append(item)
                 cmds.append({"command_id": cid, "actor": actor, "action": "ADD_ITEM",
                              "plan_id": PLAN, "item_id": item, "title": f"task {item}"})
                 expect.append("APPLIED")
                 continue
-            item = rng.choice(list(versions))
+            item = rng.choice(items)
             version = versions[item]
             if rng.random() < stale and version > 1:
                 cmds.append({"command_id": cid, "actor": actor, "action": "UPDATE_ITEM",

@@ -199,8 +199,14 @@ def unpack(data: bytes) -> Any:
 
 
 def encode(msg: _Msg) -> list[bytes]:
-    """[PROTOCOL, header, body] for a message model."""
-    data = msg.model_dump(mode="python")
+    """[PROTOCOL, header, body] for a message model.
+
+    Every field of every message is a plain value (str, int, bool, None, or a dict or
+    list of them), so the model's field dict is its dump; reading it directly skips
+    model_dump's per-field machinery on the hot path (tests/test_codec.py checks the
+    round trip for every message type).
+    """
+    data = dict(msg.__dict__)
     header = {k: data.pop(k) for k in HEADER_KEYS}
     return [PROTOCOL, pack(header), pack(data)]
 

@@ -24,7 +24,7 @@ import pytest
 
 from agents.launch import LOOPBACK_ANY
 from ledger import integrity
-from ledger.errors import CoordinatorError
+from ledger.errors import CoordinatorError, StorageError
 from tests.fault_load import ROOT
 from tests.helpers import Cmds, build_db, drop_append_only_triggers, raw_connect
 
@@ -187,6 +187,8 @@ def test_a_healthy_database_passes_and_a_missing_one_is_created(
     checked = integrity.startup_check(healthy)
     assert checked == {"checked": True, "quick_check": "ok", "events": EVENTS,
                        "head_seq": EVENTS}
+    assert integrity.startup_check(healthy, pages=False) == {
+        "checked": True, "quick_check": "skipped", "head_seq": EVENTS}
     assert time.monotonic() - started < 5.0
     assert integrity.startup_check(tmp_path / "data" / "new.db")["checked"] is False
     assert integrity.damage_report(healthy) is None
@@ -217,3 +219,20 @@ def test_a_path_that_cannot_be_opened_is_a_storage_error_not_damage(tmp_path: Pa
     assert err.value.code == "DB_ERROR", err.value
     code, ready = _start_ledger(tmp_path)
     assert code != 0 and ready["ok"] is False, ready
+
+
+@pytest.mark.parametrize("damage", [edit_the_last_event, cut_off_the_tail],
+                         ids=lambda d: d.__name__)
+def test_the_constant_time_check_still_refuses_a_damaged_tail(
+        healthy: Path, damage: Damage) -> None:
+    damage(healthy)
+    with pytest.raises(StorageError) as caught:
+        integrity.startup_check(healthy, pages=False)
+    assert caught.value.code == "DB_DAMAGED"
+
+
+def test_the_constant_time_check_leaves_a_middle_hole_to_verify_chain(healthy: Path) -> None:
+    delete_a_middle_event(healthy)
+    assert integrity.startup_check(healthy, pages=False)["quick_check"] == "skipped"
+    with pytest.raises(StorageError, match="events are missing"):
+        integrity.startup_check(healthy)
