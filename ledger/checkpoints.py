@@ -614,12 +614,15 @@ class CheckpointWriter:
                                         daemon=True)
         self._thread.start()
 
-    def poll(self, head_seq: int, now: float | None = None) -> list[Checkpoint]:
-        """Checkpoints finished since the last call (to publish); starts one when due."""
+    def poll(self, head_seq: int, now: float | None = None, *,
+             wait: float = 0.0) -> list[Checkpoint]:
+        """Checkpoints finished since the last call (to publish); starts one when due.
+        ``wait``: block up to that many seconds for a checkpoint under way (tests)."""
         out: list[Checkpoint] = []
         while True:
             try:
-                item = self._done.get_nowait()
+                item = (self._done.get(timeout=wait) if wait > 0 and self._busy and not out
+                        else self._done.get_nowait())
             except queue.Empty:
                 break
             self._busy = False

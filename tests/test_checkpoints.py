@@ -226,14 +226,12 @@ def test_the_writer_checkpoints_when_the_head_moved_and_at_close(tmp_path: Path)
     with SqliteStore(db, readonly=True) as snap, SqliteStore(db, durability="off") as store:
         writer = CheckpointWriter(key, tmp_path / "cps", snap.snapshot, every=0.05)
         writer.start()
-        got: list[Checkpoint] = []
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            got += writer.poll(3)
-            time.sleep(0.01)
+        due = time.monotonic() + 1  # a clock past the interval, without waiting for it
+        assert writer.poll(3, now=due) == []  # starts one on the worker thread
+        got = writer.poll(3, wait=10)  # and receives it
         assert [c.seq for c in got] == [3]
-        time.sleep(0.2)
-        assert writer.poll(3) == []  # the head did not move: nothing new
+        # the head did not move: even when due again, no new one is started
+        assert writer.poll(3, now=due + 1) == [] and not writer._busy
         Ledger(store).apply_many(small_log()[3:5])
         final = writer.close(5)
     assert [c.seq for c in final] == [5]
@@ -288,12 +286,19 @@ class Stream:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.linger = 0
-        for topic in (wire.TOPIC_EVENT, wire.TOPIC_CHECKPOINT):
+        for topic in (wire.TOPIC_EVENT, wire.TOPIC_CHECKPOINT, wire.TOPIC_HEARTBEAT):
             self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self.sub.connect(pub)
         self.watch = watch
         self.checkpoints: list[wire.CheckpointMsg] = []
         self.results: list[Any] = []
+
+    def wait_subscribed(self, timeout: float = 10.0) -> None:
+        """Handshake for ZeroMQ's slow joiner: the broker heartbeats every second, so a
+        heartbeat received proves the subscription has reached it."""
+        assert self.sub.poll(int(timeout * 1000)), "no heartbeat from the broker"
+        frames = self.sub.recv_multipart()
+        assert frames[0] == wire.TOPIC_HEARTBEAT, frames[0]
 
     def until_checkpoint(self, seq: int, timeout: float = 20.0) -> wire.CheckpointMsg:
         deadline = time.monotonic() + timeout
@@ -384,7 +389,7 @@ def test_a_real_ledger_signs_publishes_and_verify_chain_detects_tampering(
         watch = CheckpointWatch(public_key)
         stream = Stream(bus.pub, watch)
         stream_watch.append(stream)
-        time.sleep(0.3)  # let the subscription reach the broker (ZeroMQ's slow joiner)
+        stream.wait_subscribed()
         play(load_scenario(sandbox / "scenarios" / "L3_PLAN_FLOW_001.json"), bus.front)
         msg = stream.until_checkpoint(7)
         received = Checkpoint.from_dict(msg.model_dump())
@@ -465,7 +470,7 @@ def test_a_real_ledger_signs_publishes_and_verify_chain_detects_tampering(
     try:
         stream = Stream(bus.pub, watch)  # the same monitor, which saw the first history
         stream_watch.append(stream)
-        time.sleep(0.3)
+        stream.wait_subscribed()
         with AgentClient(bus.front, "Eve", session_id="S-FORK") as eve:
             assert eve.create_plan("P-FORK", "Another history").ok
             assert eve.add_item("P-FORK", "I-F1", "One").ok
