@@ -113,7 +113,7 @@ class AgentClient(_Commands):
         while (remaining := deadline - time.monotonic()) > 0:
             if not self.sock.poll(max(1, int(remaining * 1000))):
                 return None
-            msg = wire.decode(self.sock.recv_multipart())
+            msg = wire.decode(self.sock.recv_multipart(), wire.MAX_REPLY_BYTES)
             if isinstance(msg, wire.Deliver):
                 self.deliveries.append(msg)
                 if until_delivery:
@@ -308,7 +308,7 @@ class AsyncAgentClient(_Commands):
 
     async def _read(self) -> None:
         while True:
-            msg = wire.decode(await self.sock.recv_multipart())
+            msg = wire.decode(await self.sock.recv_multipart(), wire.MAX_REPLY_BYTES)
             if isinstance(msg, wire.Deliver):
                 self.deliveries.put_nowait(msg)
                 continue

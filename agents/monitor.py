@@ -434,7 +434,7 @@ class EventFollower:
 
     def _on_dealer(self, frames: list[bytes]) -> None:
         try:
-            msg = wire.decode(frames)
+            msg = wire.decode(frames, wire.MAX_REPLY_BYTES)
         except CoordinatorError as exc:
             self.stats.malformed += 1
             print(f"monitor: ignored a malformed reply: {exc}", file=sys.stderr)

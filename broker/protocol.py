@@ -31,8 +31,11 @@ PROTOCOL: Final = PROTOCOL_NAME + b"/" + str(PROTOCOL_VERSION).encode()
 TOPIC_EVENT: Final = b"event"
 TOPIC_HEARTBEAT: Final = b"heartbeat"
 TOPIC_CHECKPOINT: Final = b"checkpoint"
-#: Frames larger than this are refused before they are decoded.
+#: Request frames larger than this are refused before they are decoded.
 MAX_FRAME_BYTES: Final = 1 << 20
+#: What a client accepts in one frame from the broker (its own, trusted, peer): query
+#: results such as a long timeline are not bounded by the request limit.
+MAX_REPLY_BYTES: Final = 256 << 20
 #: Most events one REPLAY reply carries; ask again from the last seq + 1 for more.
 MAX_REPLAY_BATCH: Final = 1000
 HEADER_KEYS: Final = ("type", "id", "actor", "session_id")
@@ -187,10 +190,10 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def unpack(data: bytes) -> Any:
-    if len(data) > MAX_FRAME_BYTES:
+def unpack(data: bytes, limit: int = MAX_FRAME_BYTES) -> Any:
+    if len(data) > limit:
         raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
-                            f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+                            f"frame of {len(data)} bytes exceeds {limit}")
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -224,22 +227,23 @@ def check_protocol(frame: bytes) -> None:
                         f"first frame must be the protocol id {PROTOCOL.decode()!r}")
 
 
-def decode_header(frames: Sequence[bytes]) -> dict[str, Any]:
+def decode_header(frames: Sequence[bytes], limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
     """Check the frame count, protocol frame and header; return the header map."""
     if len(frames) != 3:
         raise ProtocolError(ErrorCode.MALFORMED_FRAME,
                             f"expected 3 frames (protocol, header, body), got {len(frames)}")
     check_protocol(frames[0])
-    header = unpack(frames[1])
+    header = unpack(frames[1], limit)
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "header frame must be a msgpack map")
     return header
 
 
-def decode_parts(frames: Sequence[bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
+def decode_parts(frames: Sequence[bytes], limit: int = MAX_FRAME_BYTES
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check frames and unpack them into (header, body) maps, not yet validated."""
-    header = decode_header(frames)
-    body = unpack(frames[2])
+    header = decode_header(frames, limit)
+    body = unpack(frames[2], limit)
     if not isinstance(body, dict):
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "body frame must be a msgpack map")
     return header, body
@@ -271,9 +275,11 @@ def from_parts(header: dict[str, Any], body: dict[str, Any]) -> Any:
                             details=err.details) from None
 
 
-def decode(frames: Sequence[bytes]) -> Any:
-    """Validate three frames into one of the message models (raises ProtocolError)."""
-    return from_parts(*decode_parts(frames))
+def decode(frames: Sequence[bytes], limit: int = MAX_FRAME_BYTES) -> Any:
+    """Validate three frames into one of the message models (raises ProtocolError).
+    ``limit``: the largest frame accepted; clients reading the broker's replies pass
+    :data:`MAX_REPLY_BYTES` (a query's result can be far larger than any request)."""
+    return from_parts(*decode_parts(frames, limit))
 
 
 def header_id(frames: Sequence[bytes]) -> str | None:

@@ -232,3 +232,24 @@ def test_broker_caps_in_flight_work_and_fails_fast_when_the_ledger_is_silent(
             assert [e["command_id"] for e in first.replay(1)] == ["held-1"]
     finally:
         bus.stop()
+
+
+def test_a_query_result_larger_than_the_request_limit_reaches_the_client(
+        sandbox: Path) -> None:
+    db = sandbox / "data" / "big.db"
+    sqlite.initialise(db)
+    with SqliteStore(db) as store:
+        ledger = Ledger(store)
+        base = {"actor": "Liam", "session_id": "S-BIG"}
+        commands = [{**base, "command_id": "big:plan", "action": "CREATE_PLAN",
+                     "plan_id": "P-BIG", "title": "big"}]
+        commands += [{**base, "command_id": f"big:{n}", "action": "ADD_ITEM",
+                      "plan_id": "P-BIG", "item_id": f"I-{n}", "title": "x" * 500}
+                     for n in range(2500)]
+        assert all(r.status == "APPLIED" for r in ledger.apply_many(commands))
+    with start_bus("data/big.db", env={"OS_SANDBOX_ROOT": str(sandbox)}) as bus, \
+            AgentClient(bus.front, "auditor") as client:
+        client.wait_ready()
+        items = client.list_items("P-BIG")
+    assert len(items) == 2500
+    assert len(wire.pack({"items": items})) > wire.MAX_FRAME_BYTES
