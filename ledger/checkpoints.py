@@ -467,6 +467,18 @@ def load_checkpoints(directory: Path, public_key: Ed25519PublicKey | None
                                           else _seq_from_name(lc.name), lc.name))
 
 
+def newest_checkpoints(directory: Path, public_key: Ed25519PublicKey | None, n: int = 3
+                       ) -> list[LoadedCheckpoint]:
+    """The ``n`` highest-seq checkpoint files of ``directory`` (file names start with the
+    zero-padded seq), parsed and signature-checked; [] if there is no directory. Reads
+    n files however many there are: cheap enough for every start of the ledger."""
+    if not directory.is_dir():
+        return []
+    files = sorted(p for p in directory.iterdir()
+                   if p.suffix == FILE_SUFFIX and not p.name.startswith("."))
+    return [load_checkpoint_file(p, public_key) for p in files[-n:]]
+
+
 # --- auditing a store -------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     #: the database file fails PRAGMA quick_check/integrity_check, is not a ledger
     #: database, or its chain tail is broken: the ledger refuses to start on it
     DB_DAMAGED = "DB_DAMAGED"
+    DB_ROLLED_BACK = "DB_ROLLED_BACK"
     CHAIN_BROKEN = "CHAIN_BROKEN"
     #: a signed checkpoint file that cannot be read (bad JSON, fields, format)
     CHECKPOINT_INVALID = "CHECKPOINT_INVALID"

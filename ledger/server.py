@@ -150,7 +150,7 @@ class LedgerServer:
                  max_batch: int = 256, batch_window: float = 0.002,
                  checkpoint_key: Ed25519PrivateKey | None = None,
                  checkpoint_dir: Path | None = None, checkpoint_every: float = 10.0,
-                 startup_check: str = "full") -> None:
+                 startup_check: str = "full", accept_rollback: bool = False) -> None:
         # its sockets are for the broker alone: loopback or ipc://, never the network
         for name, endpoint in (("bind", bind), ("pub", pub)):
             require_local_bind(endpoint, name, why="the ledger (its sockets are for the "
@@ -174,6 +174,8 @@ class LedgerServer:
         self.checkpoints: CheckpointWriter | None = None
         self._snapshot_store: SqliteStore | None = None
         if checkpoint_key is not None and checkpoint_dir is not None:
+            if not accept_rollback:
+                self._refuse_rollback(checkpoint_key, checkpoint_dir)
             self._snapshot_store = SqliteStore(db_path, readonly=True)
             self.checkpoints = CheckpointWriter(checkpoint_key, checkpoint_dir,
                                                 self._snapshot_store.snapshot,
@@ -193,6 +195,21 @@ class LedgerServer:
             "commands": self.router.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
             "events": self.pub.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
         }
+
+    def _refuse_rollback(self, key: Ed25519PrivateKey, directory: Path) -> None:
+        """A database behind (or beside) the newest checkpoints this ledger signed was
+        rolled back or rewritten: serving it would fork the history. Refuse."""
+        loaded = checkpoints.newest_checkpoints(directory, key.public_key())
+        bad = checkpoints.check_heads(self.store, loaded)
+        if bad:
+            name, result = bad[-1]
+            self.store.close()
+            raise StorageError(
+                ErrorCode.DB_ROLLED_BACK,
+                f"{self.db_path.name} does not match signed checkpoint {name} "
+                f"({result.verdict}: {result.reason}); serving it would fork the history. "
+                "Restore the newer database, or start with --accept-rollback if this "
+                "rollback is intended", details={"checkpoint": name, **result.to_dict()})
 
     def serve(self, stop: threading.Event) -> None:
         reader_stop = threading.Event()
@@ -348,6 +365,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
                    help="checkpoint interval when the head moved (default 10); one more at "
                    "shutdown")
+    p.add_argument("--accept-rollback", action="store_true",
+                   help="start even if the database is behind or beside the newest signed "
+                   "checkpoints in --checkpoint-dir (a deliberately restored backup); "
+                   "without it such a database is refused with DB_ROLLED_BACK")
     p.add_argument("--startup-check", choices=("full", "tail"), default="full",
                    help="before serving, check the database: full (default) reads every "
                    "page (PRAGMA quick_check, ~0.8 s per GB) and counts the events; tail "
@@ -368,7 +389,8 @@ def main(argv: list[str] | None = None) -> None:
                               durability=args.durability, max_batch=args.max_batch,
                               checkpoint_key=key, checkpoint_dir=checkpoint_dir,
                               checkpoint_every=args.checkpoint_every,
-                              startup_check=args.startup_check)
+                              startup_check=args.startup_check,
+                              accept_rollback=args.accept_rollback)
     except (CoordinatorError, zmq.ZMQError) as exc:
         err = exc.to_dict() if isinstance(exc, CoordinatorError) else {
             "code": str(ErrorCode.BIND_FAILED), "message": str(exc)}

@@ -56,7 +56,7 @@ from ledger.checkpoints import (
     verify_with_checkpoints,
     write_checkpoint,
 )
-from ledger.errors import ErrorCode
+from ledger.errors import CoordinatorError, ErrorCode
 from ledger.memory import MemoryState
 from ledger.model import Event
 from ledger.plans import Ledger
@@ -267,9 +267,13 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _bus(sandbox: Path, db: str) -> Bus:
-    bus = start_bus(db, env={"OS_SANDBOX_ROOT": str(sandbox)}, ledger_args=KEY_ARGS,
-                    log_dir=sandbox)
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _bus(sandbox: Path, db: str, *extra: str) -> Bus:
+    bus = start_bus(db, env={"OS_SANDBOX_ROOT": str(sandbox)},
+                    ledger_args=[*KEY_ARGS, *extra], log_dir=sandbox)
     try:
         with AgentClient(bus.front, "probe", timeout=2) as probe:
             probe.wait_ready(timeout=15)
@@ -295,30 +299,33 @@ class Stream:
 
     def wait_subscribed(self, timeout: float = 10.0) -> None:
         """Handshake for ZeroMQ's slow joiner: the broker heartbeats every second, so a
-        heartbeat received proves the subscription has reached it."""
-        assert self.sub.poll(int(timeout * 1000)), "no heartbeat from the broker"
-        frames = self.sub.recv_multipart()
-        assert frames[0] == wire.TOPIC_HEARTBEAT, frames[0]
+        message received proves the subscription has reached it (a checkpoint or event
+        that comes first is handled as usual)."""
+        assert self.sub.poll(int(timeout * 1000)), "nothing from the broker"
+        self._handle(self.sub.recv_multipart())
 
     def until_checkpoint(self, seq: int, timeout: float = 20.0) -> wire.CheckpointMsg:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.sub.poll(100):
                 continue
-            frames = self.sub.recv_multipart()
-            msg = wire.decode(frames[1:])
-            if isinstance(msg, wire.EventMsg):
-                # as a monitor does: a seq at or below the last delivered is a duplicate
-                if msg.event["seq"] > self.watch.last_seq:
-                    self.results += self.watch.event(msg.event["seq"], msg.event["hash"])
-            elif isinstance(msg, wire.CheckpointMsg):
-                assert frames[0] == wire.TOPIC_CHECKPOINT
-                self.checkpoints.append(msg)
-                self.results += self.watch.checkpoint(Checkpoint.from_dict(msg.model_dump()))
-                if msg.seq == seq:
-                    return msg
+            msg = self._handle(self.sub.recv_multipart())
+            if isinstance(msg, wire.CheckpointMsg) and msg.seq == seq:
+                return msg
         raise AssertionError(f"no checkpoint at seq {seq} within {timeout}s; "
                              f"got {[c.seq for c in self.checkpoints]}")
+
+    def _handle(self, frames: list[bytes]) -> Any:
+        msg = wire.decode(frames[1:])
+        if isinstance(msg, wire.EventMsg):
+            # as a monitor does: a seq at or below the last delivered is a duplicate
+            if msg.event["seq"] > self.watch.last_seq:
+                self.results += self.watch.event(msg.event["seq"], msg.event["hash"])
+        elif isinstance(msg, wire.CheckpointMsg):
+            assert frames[0] == wire.TOPIC_CHECKPOINT
+            self.checkpoints.append(msg)
+            self.results += self.watch.checkpoint(Checkpoint.from_dict(msg.model_dump()))
+        return msg
 
     def close(self) -> None:
         self.sub.close()
@@ -463,10 +470,17 @@ def test_a_real_ledger_signs_publishes_and_verify_chain_detects_tampering(
     assert (m["seq"], m["kind"], m["checkpoint"]) == (6, "BAD_SIGNATURE", file_7)
     forged.write_text(original)
 
-    # a rolled-back database: the older copy restored and the ledger run on it again;
-    # the new history reuses seqs 8.. with other events
+    # a rolled-back database: the older copy restored. The ledger refuses to serve it
+    # (its newest checkpoints are ahead) unless told the rollback is intended...
     _restore(sandbox, db, older)
-    bus = _bus(sandbox, db)
+    rolled_back = _digest(sandbox / db)
+    with pytest.raises(CoordinatorError) as refused:
+        _bus(sandbox, db)
+    assert refused.value.code == ErrorCode.DB_ROLLED_BACK
+    assert "--accept-rollback" in refused.value.message
+    assert _digest(sandbox / db) == rolled_back  # nothing was written
+    # ...and run on it anyway, the new history reuses seqs 8.. with other events
+    bus = _bus(sandbox, db, "--accept-rollback")
     try:
         stream = Stream(bus.pub, watch)  # the same monitor, which saw the first history
         stream_watch.append(stream)
