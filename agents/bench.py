@@ -237,7 +237,8 @@ def fixed_rate(front: str, rate: float, seconds: float, session: str) -> dict[st
             sent_at[cmds[i]["command_id"]] = time.perf_counter()
             sock.send_multipart(frames[i])
             i += 1
-        wait_ms = max(0, int(((start + i / rate) - time.perf_counter()) * 1000)) if i < count \
+        # at least 1 ms: a 0 ms poll would spin and steal a core from the bus under test
+        wait_ms = max(1, int(((start + i / rate) - time.perf_counter()) * 1000)) if i < count \
             else 200
         if sock.poll(wait_ms):
             while True:

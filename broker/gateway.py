@@ -47,6 +47,7 @@ from ledger.service import (
     install_stop_signals,
     positive_float,
     positive_int,
+    settle_heap,
     setup_logging,
 )
 
@@ -409,6 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         announce({"ok": False, "error": {"code": str(ErrorCode.BIND_FAILED),
                                          "message": str(exc)}})
         sys.exit(2)
+    settle_heap()
     announce({"ok": True, "ready": True, "role": "broker", "endpoints": broker.endpoints,
               "curve": curve is not None,
               "allowed": sorted(curve.allowed.values()) if curve else None})

@@ -40,6 +40,7 @@ from ledger.service import (
     install_stop_signals,
     positive_float,
     positive_int,
+    settle_heap,
     setup_logging,
 )
 from ledger.sqlite import SqliteStore
@@ -396,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
             "code": str(ErrorCode.BIND_FAILED), "message": str(exc)}
         announce({"ok": False, "error": err})
         sys.exit(3 if isinstance(exc, StorageError) else 2)
+    settle_heap()
     announce({"ok": True, "ready": True, "role": "ledger",
               "db": str(db.relative_to(sandbox_root())), "head_seq": server.head_seq,
               "endpoints": server.endpoints,
