@@ -39,20 +39,26 @@ class Child:
         return self.proc.poll() is None
 
     def stop(self, grace: float = 5.0, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(grace)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        return int(self.proc.returncode)
+        return stop_process(self.proc, grace, sig)
 
     def kill(self) -> None:
         """SIGKILL: the crash case, no cleanup at all."""
         self.stop(grace=5.0, sig=signal.SIGKILL)
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0,
+                 sig: int = signal.SIGTERM) -> int:
+    """Send ``sig`` (SIGTERM: a clean stop), SIGKILL after ``grace`` seconds; reap it."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace)
+    if proc.stdout:
+        proc.stdout.close()
+    return int(proc.returncode)
 
 
 def _read_ready(name: str, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:

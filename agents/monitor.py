@@ -43,6 +43,7 @@ from typing import Any, Final, TextIO
 import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agents.client import RETRYABLE
 from broker import protocol as wire
 from broker.gateway import DEFAULT_FRONT, DEFAULT_PUB
 from broker.security import ClientKeys, add_client_args, client_paths, identity_of
@@ -68,7 +69,6 @@ MAX_PENDING: Final = 100_000
 SUB_BATCH: Final = 2000
 #: Longest single wait inside :meth:`EventFollower.next` (timers are checked this often).
 TICK: Final = 0.1
-RETRYABLE: Final = frozenset({str(ErrorCode.LEDGER_UNAVAILABLE), str(ErrorCode.BUSY)})
 
 # alert kinds
 CHAIN_BROKEN: Final = "CHAIN_BROKEN"

@@ -56,6 +56,7 @@ from typing import Any, Final
 import zmq
 
 from agents.client import AgentClient
+from agents.launch import stop_process
 from broker import protocol as wire
 from broker.gateway import COORDINATOR, DEFAULT_FRONT, DEFAULT_PUB
 from broker.security import CurvePaths, add_client_args, client_paths
@@ -649,7 +650,7 @@ def run_agents(front: str, pub: str, *, plan_id: str, items: int, workers: list[
                 reports[label]["stderr_tail"] = _tail(logs[label])
     finally:
         for proc in procs.values():
-            _terminate(proc)
+            stop_process(proc)
         if owned_tmp is not None:
             owned_tmp.cleanup()
     with AgentClient(front, "run_agents", timeout=5.0) as client:
@@ -721,18 +722,6 @@ def _wait_all(procs: dict[str, subprocess.Popen[bytes]], outputs: dict[str, byte
     finally:
         sel.close()
     return failed
-
-
-def _terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(grace)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 # --- bin/agent -------------------------------------------------------------------------

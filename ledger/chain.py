@@ -47,6 +47,12 @@ def event_hash(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(preimage(fields)).hexdigest()
 
 
+def _hash_hashed_columns(row: dict[str, Any]) -> str:
+    """event_hash for a row that already holds exactly the hashed columns (the verify
+    loop builds it once, so no second dict is made per event)."""
+    return hashlib.sha256(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 @dataclass(slots=True)
 class Mismatch:
     seq: int
@@ -95,7 +101,7 @@ def verify_events(events: Iterable[Event]) -> ChainReport:
         if ev.prev_hash != prev_hash:
             report.add(ev.seq, "prev_hash does not match the hash of the previous event")
         try:
-            actual = hashlib.sha256(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            actual = _hash_hashed_columns(row)
         except (TypeError, ValueError) as exc:
             report.add(ev.seq, f"row cannot be encoded: {exc}")
             actual = ""
