@@ -9,7 +9,7 @@ at the transaction boundary.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +79,29 @@ class Transaction(StateWriter):
 
     @abstractmethod
     def put_command(self, record: CommandRecord) -> None: ...
+
+    # Bulk forms used by the ledger's group commit. These defaults loop over the
+    # one-row methods; a backend overrides them where one statement does it faster.
+
+    def get_commands(self, command_ids: Sequence[str]) -> dict[str, CommandRecord]:
+        """The records of those command_ids that have one."""
+        return {cid: r for cid in command_ids if (r := self.get_command(cid)) is not None}
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.append_event(event)
+
+    def put_commands(self, records: Iterable[CommandRecord]) -> None:
+        for record in records:
+            self.put_command(record)
+
+    def insert_items(self, items: Iterable[Item]) -> None:
+        for item in items:
+            self.insert_item(item)
+
+    def update_items(self, items: Iterable[Item]) -> None:
+        for item in items:
+            self.update_item(item)
 
 
 class Store(StateReader):

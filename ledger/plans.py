@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from ledger.chain import canonical_json, event_hash
 from ledger.commands import (
@@ -27,8 +26,15 @@ from ledger.commands import (
     parse_command,
 )
 from ledger.errors import CoordinatorError, ErrorCode, RejectedError, ValidationError
-from ledger.model import Event, EventType, Item, Plan, transition_allowed
-from ledger.persistence import CommandRecord, StateReader, Store, Transaction
+from ledger.event_ids import EventIds
+from ledger.model import Event, EventType, Item, Link, Plan, transition_allowed
+from ledger.persistence import (
+    CommandRecord,
+    StateReader,
+    StateWriter,
+    Store,
+    Transaction,
+)
 from ledger.projection import project
 
 Status = Literal["APPLIED", "CONFLICT", "REJECTED"]
@@ -101,14 +107,122 @@ def fingerprint(command: Command) -> str:
     return hashlib.sha256(canonical_json(command.fingerprint_dict()).encode()).hexdigest()
 
 
+class _RowCache:
+    """Committed plan and item rows, kept across transactions by the single writer.
+
+    Valid only while the log's head is the one it was filled at: every state change
+    appends an event, so another writer (a second Ledger, bin/os_l3_plan on the same
+    file) moves the head and the next batch starts from an empty cache.
+    """
+
+    MAX_ROWS: Final = 100_000  # then start again from empty: a bound, not an LRU
+
+    def __init__(self) -> None:
+        self.plans: dict[str, Plan] = {}
+        self.items: dict[str, Item] = {}
+        self.head: tuple[int, str] | None = None
+
+    def sync(self, head: tuple[int, str]) -> None:
+        if head != self.head or len(self.plans) + len(self.items) > self.MAX_ROWS:
+            self.plans.clear()
+            self.items.clear()
+            self.head = head
+
+
+class _Batch(StateWriter):
+    """The state one group commit decides against: its own writes, over the row cache,
+    over the transaction. Writes stay here until :meth:`flush` (once, before COMMIT), so
+    every row read from the transaction meanwhile is committed state and safe to cache.
+    """
+
+    def __init__(self, tx: Transaction, cache: _RowCache) -> None:
+        self.tx = tx
+        self.cache = cache
+        self.head = tx.head()
+        cache.sync(self.head)
+        self.events: list[Event] = []
+        self.records: dict[str, CommandRecord] = {}
+        self.plans: dict[str, Plan] = {}
+        self.items: dict[str, Item] = {}
+        self.links: dict[str, Link] = {}
+        self.new_plans: set[str] = set()
+        self.new_items: set[str] = set()
+
+    def get_plan(self, plan_id: str) -> Plan | None:
+        plan = self.plans.get(plan_id) or self.cache.plans.get(plan_id)
+        if plan is None and (plan := self.tx.get_plan(plan_id)) is not None:
+            self.cache.plans[plan_id] = plan
+        return plan
+
+    def get_item(self, item_id: str) -> Item | None:
+        item = self.items.get(item_id) or self.cache.items.get(item_id)
+        if item is None and (item := self.tx.get_item(item_id)) is not None:
+            self.cache.items[item_id] = item
+        return item
+
+    def get_link(self, link_id: str) -> Link | None:
+        return self.links.get(link_id) or self.tx.get_link(link_id)
+
+    def find_link(self, from_item_id: str, to_item_id: str, link_type: str) -> Link | None:
+        for link in self.links.values():
+            if (link.from_item_id, link.to_item_id, link.link_type) == (
+                    from_item_id, to_item_id, link_type):
+                return link
+        return self.tx.find_link(from_item_id, to_item_id, link_type)
+
+    def insert_plan(self, plan: Plan) -> None:
+        self.plans[plan.plan_id] = plan
+        self.new_plans.add(plan.plan_id)
+
+    def update_plan(self, plan: Plan) -> None:
+        self.plans[plan.plan_id] = plan
+
+    def insert_item(self, item: Item) -> None:
+        self.items[item.item_id] = item
+        self.new_items.add(item.item_id)
+
+    def update_item(self, item: Item) -> None:
+        self.items[item.item_id] = item
+
+    def insert_link(self, link: Link) -> None:
+        self.links[link.link_id] = link
+
+    def append(self, event: Event) -> None:
+        self.events.append(event)
+        self.head = (event.seq, event.hash)
+
+    def flush(self) -> None:
+        """Write the batch into the transaction: each row once, in its final version
+        (parents before children, for the foreign keys)."""
+        tx = self.tx
+        for plan_id, plan in self.plans.items():
+            if plan_id in self.new_plans:
+                tx.insert_plan(plan)
+            else:
+                tx.update_plan(plan)
+        tx.insert_items(i for k, i in self.items.items() if k in self.new_items)
+        tx.update_items(i for k, i in self.items.items() if k not in self.new_items)
+        for link in self.links.values():
+            tx.insert_link(link)
+        tx.append_events(self.events)
+        tx.put_commands(self.records.values())
+
+    def committed(self) -> None:
+        """After COMMIT: the batch's rows are now the committed state."""
+        self.cache.plans.update(self.plans)
+        self.cache.items.update(self.items)
+        self.cache.head = self.head
+
+
 class Ledger:
     """Applies plan commands to a :class:`Store`. Single writer: one Ledger per store."""
 
     def __init__(self, store: Store, *, clock: Callable[[], str] = utc_now,
-                 new_event_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+                 new_event_id: Callable[[], str] | None = None) -> None:
         self.store = store
         self._clock = clock
-        self._new_event_id = new_event_id
+        self._new_event_id = new_event_id or EventIds()
+        self._cache = _RowCache()
 
     def apply(self, command: Command | Mapping[str, Any]) -> CommandResult:
         """Validate and apply one command; the result is returned after the commit.
@@ -143,14 +257,19 @@ class Ledger:
             return [r for r in results if r is not None]
         ts = self._clock()  # one commit, one time: every event of the batch shares it
         with self.store.transaction() as tx:
-            done = [(i, self._apply_in(tx, cmd, ts)) for i, cmd in valid]
+            batch = _Batch(tx, self._cache)
+            known = tx.get_commands([cmd.command_id for _, cmd in valid])
+            done = [(i, self._apply_in(batch, known, cmd, ts)) for i, cmd in valid]
+            batch.flush()
+        batch.committed()
         for i, result in done:
             results[i] = result
         return [r for r in results if r is not None]
 
-    def _apply_in(self, tx: Transaction, cmd: Command, ts: str) -> CommandResult:
+    def _apply_in(self, batch: _Batch, known: dict[str, CommandRecord], cmd: Command,
+                  ts: str) -> CommandResult:
         fp = fingerprint(cmd)
-        record = tx.get_command(cmd.command_id)
+        record = batch.records.get(cmd.command_id) or known.get(cmd.command_id)
         if record is not None:
             if record.fingerprint != fp:
                 return CommandResult.rejected(cmd.command_id, cmd.action, RejectedError(
@@ -159,15 +278,15 @@ class Ledger:
                     field="command_id"))
             return CommandResult.from_outcome(json.loads(record.outcome), replayed=True)
         try:
-            decision = decide(cmd, tx)
+            decision = decide(cmd, batch)
         except RejectedError as exc:
             result = CommandResult.rejected(cmd.command_id, cmd.action, exc)
-            tx.put_command(CommandRecord(cmd.command_id, fp, result.status, None,
-                                         canonical_json(result.to_dict()), ts))
+            batch.records[cmd.command_id] = CommandRecord(
+                cmd.command_id, fp, result.status, None, canonical_json(result.to_dict()), ts)
             return result
-        event = self._event(tx, cmd, decision, ts)
-        tx.append_event(event)
-        project(event, decision.payload, tx)
+        event = self._event(batch.head, cmd, decision, ts)
+        batch.append(event)
+        project(event, decision.payload, batch)
         status: Status = ("CONFLICT" if decision.event_type == EventType.PLAN_CONFLICT_DETECTED
                           else "APPLIED")
         result = CommandResult(
@@ -181,12 +300,12 @@ class Ledger:
                            f"current version is {decision.current_version}",
                 "field": "expected_version",
             }
-        tx.put_command(CommandRecord(cmd.command_id, fp, status, event.seq,
-                                     canonical_json(result.to_dict()), ts))
+        batch.records[cmd.command_id] = CommandRecord(
+            cmd.command_id, fp, status, event.seq, canonical_json(result.to_dict()), ts)
         return result
 
-    def _event(self, tx: Transaction, cmd: Command, d: _Decision, ts: str) -> Event:
-        seq, prev = tx.head()
+    def _event(self, head: tuple[int, str], cmd: Command, d: _Decision, ts: str) -> Event:
+        seq, prev = head
         fields: dict[str, Any] = {
             "seq": seq + 1, "event_id": self._new_event_id(), "ts": ts,
             "event_type": d.event_type, "session_id": cmd.session_id,

@@ -8,7 +8,7 @@ commits may be lost on power loss). Every sqlite3 error becomes a StorageError h
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -31,6 +31,8 @@ _LINK_COLS: Final = "link_id, plan_id, from_item_id, to_item_id, link_type, crea
 _EVENT_COLS: Final = ("seq, event_id, ts, event_type, session_id, task_id, actor, plan_id, "
                       "item_id, command_id, payload, prev_hash, hash")
 _COMMAND_COLS: Final = "command_id, fingerprint, status, seq, outcome, ts"
+#: Most parameters in one ``IN (...)`` list (SQLite allows 32766 since 3.32).
+_IN_CHUNK: Final = 500
 
 
 def _storage_error(exc: sqlite3.Error, doing: str) -> StorageError:
@@ -138,17 +140,10 @@ class _SqliteTx(_Reads, Transaction):
              plan.plan_id))
 
     def insert_item(self, item: Item) -> None:
-        self._conn.execute(
-            f"INSERT INTO plan_items ({_ITEM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (item.item_id, item.plan_id, item.kind, item.title, item.state, item.priority,
-             item.assigned_to, item.due_ts, item.version, item.created_ts, item.updated_ts))
+        self.insert_items((item,))
 
     def update_item(self, item: Item) -> None:
-        self._conn.execute(
-            "UPDATE plan_items SET kind = ?, title = ?, state = ?, priority = ?,"
-            " assigned_to = ?, due_ts = ?, version = ?, updated_ts = ? WHERE item_id = ?",
-            (item.kind, item.title, item.state, item.priority, item.assigned_to, item.due_ts,
-             item.version, item.updated_ts, item.item_id))
+        self.update_items((item,))
 
     def insert_link(self, link: Link) -> None:
         self._conn.execute(f"INSERT INTO plan_links ({_LINK_COLS}) VALUES (?,?,?,?,?,?)",
@@ -156,18 +151,49 @@ class _SqliteTx(_Reads, Transaction):
                             link.link_type, link.created_ts))
 
     def append_event(self, event: Event) -> None:
-        self._conn.execute(f"INSERT INTO events ({_EVENT_COLS}) VALUES"
-                           " (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                           (event.seq, event.event_id, event.ts, event.event_type,
-                            event.session_id, event.task_id, event.actor, event.plan_id,
-                            event.item_id, event.command_id, event.payload, event.prev_hash,
-                            event.hash))
-        self._head = (event.seq, event.hash)
+        self.append_events((event,))
 
     def put_command(self, record: CommandRecord) -> None:
-        self._conn.execute(f"INSERT INTO commands ({_COMMAND_COLS}) VALUES (?,?,?,?,?,?)",
-                           (record.command_id, record.fingerprint, record.status, record.seq,
-                            record.outcome, record.ts))
+        self.put_commands((record,))
+
+    def get_commands(self, command_ids: Sequence[str]) -> dict[str, CommandRecord]:
+        found: dict[str, CommandRecord] = {}
+        for at in range(0, len(command_ids), _IN_CHUNK):
+            chunk = command_ids[at:at + _IN_CHUNK]
+            rows = self._conn.execute(
+                f"SELECT {_COMMAND_COLS} FROM commands WHERE command_id IN"
+                f" ({','.join('?' * len(chunk))})", chunk).fetchall()
+            found.update((row[0], CommandRecord(*row)) for row in rows)
+        return found
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        self._conn.executemany(
+            f"INSERT INTO events ({_EVENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(e.seq, e.event_id, e.ts, e.event_type, e.session_id, e.task_id, e.actor,
+              e.plan_id, e.item_id, e.command_id, e.payload, e.prev_hash, e.hash)
+             for e in events])
+        self._head = (events[-1].seq, events[-1].hash)
+
+    def put_commands(self, records: Iterable[CommandRecord]) -> None:
+        self._conn.executemany(
+            f"INSERT INTO commands ({_COMMAND_COLS}) VALUES (?,?,?,?,?,?)",
+            [(r.command_id, r.fingerprint, r.status, r.seq, r.outcome, r.ts)
+             for r in records])
+
+    def insert_items(self, items: Iterable[Item]) -> None:
+        self._conn.executemany(
+            f"INSERT INTO plan_items ({_ITEM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [(i.item_id, i.plan_id, i.kind, i.title, i.state, i.priority, i.assigned_to,
+              i.due_ts, i.version, i.created_ts, i.updated_ts) for i in items])
+
+    def update_items(self, items: Iterable[Item]) -> None:
+        self._conn.executemany(
+            "UPDATE plan_items SET kind = ?, title = ?, state = ?, priority = ?,"
+            " assigned_to = ?, due_ts = ?, version = ?, updated_ts = ? WHERE item_id = ?",
+            [(i.kind, i.title, i.state, i.priority, i.assigned_to, i.due_ts, i.version,
+              i.updated_ts, i.item_id) for i in items])
 
 
 class SqliteStore(_Reads, Store):
