@@ -320,18 +320,25 @@ def verify_run(db: Path, events: int, sandbox: Path) -> dict[str, Any]:
         chain = verify_events(store.iter_events())
         chain_s = time.perf_counter() - started
     rel = str(db.relative_to(sandbox))
+    # start to ready line, median of 3 per mode: the default (background: tail check,
+    # then the page check while serving), then full and tail explicitly
     starts: dict[str, float] = {}
-    for mode in ("full", "tail"):
-        started = time.perf_counter()
-        child = spawn("ledger", "ledger.server", ["--db", rel, "--bind", "tcp://127.0.0.1:*",
-                                                  "--pub", "tcp://127.0.0.1:*",
-                                                  "--startup-check", mode],
-                      env={"OS_SANDBOX_ROOT": str(sandbox)})
-        starts[mode] = time.perf_counter() - started
-        child.stop()
+    for mode, extra in (("default", []), ("full", ["--startup-check", "full"]),
+                        ("tail", ["--startup-check", "tail"])):
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            child = spawn("ledger", "ledger.server",
+                          ["--db", rel, "--bind", "tcp://127.0.0.1:*",
+                           "--pub", "tcp://127.0.0.1:*", *extra],
+                          env={"OS_SANDBOX_ROOT": str(sandbox)})
+            times.append(time.perf_counter() - started)
+            child.stop()
+        starts[mode] = sorted(times)[1]
     return {"events": n, "verify_seconds": elapsed, "verify_events_per_s": n / elapsed,
             "chain_only_events_per_s": n / chain_s, "chain_ok": chain.ok,
-            "chain_status": report["chain_status"], "ledger_start_seconds": starts["full"],
+            "chain_status": report["chain_status"], "ledger_start_seconds": starts["default"],
+            "ledger_start_full_seconds": starts["full"],
             "ledger_start_tail_seconds": starts["tail"]}
 
 
@@ -359,8 +366,9 @@ def _table(results: dict[str, Any]) -> str:
          f"+ state replay); links + hashes alone {ver.get('chain_only_events_per_s', 0):,.0f}"
          " events/s"),
         ("ledger start on that database", f"{ver.get('ledger_start_seconds', 0):.3f} s",
-         f"--startup-check full (reads every page); tail: "
-         f"{ver.get('ledger_start_tail_seconds', 0):.3f} s"),
+         f"default (background page check); full (pages before serving): "
+         f"{ver.get('ledger_start_full_seconds', 0):.3f} s, tail: "
+         f"{ver.get('ledger_start_tail_seconds', 0):.3f} s; medians of 3"),
     ]
     width = max(len(r[0]) for r in rows)
     cfg = results["config"]

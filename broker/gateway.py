@@ -3,10 +3,14 @@
 Sockets:
 - ROUTER ``--front`` (bound): agents' DEALERs. Every request is size-checked, decoded,
   normalised and validated; malformed input gets a specific error and goes no further.
-- DEALER -> ledger ROUTER ``--ledger``: COMMAND, QUERY and REPLAY, tagged with a request
-  key so replies find their way back; at most ``--max-inflight`` at once (else BUSY).
-- SUB -> ledger PUB ``--ledger-pub``, republished as-is on PUB ``--pub`` (bound), plus the
-  broker's own heartbeat, so agents and monitors need only the broker's addresses.
+- DEALER -> ledger ROUTER ``--ledger``: QUERY and REPLAY, and the COMMANDs taken in one
+  round (every request already waiting, up to DRAIN_MAX) as ONE COMMANDS message, each
+  tagged with a request key so replies find their way back (a REPLIES is split back to
+  the commands' clients by position); at most ``--max-inflight`` requests at once (else
+  BUSY).
+- SUB -> ledger PUB ``--ledger-pub``: each commit group's EVENTS message is republished
+  as one EVENT per event on PUB ``--pub`` (bound), the rest as-is, plus the broker's own
+  heartbeat, so agents and monitors need only the broker's addresses.
 
 The ledger counts as up while it has been heard from (reply, event or heartbeat) within
 ``--liveness`` seconds. While it is down, requests for it get LEDGER_UNAVAILABLE at once,
@@ -29,6 +33,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +67,35 @@ PUB_HWM = 100_000
 log = logging.getLogger("broker")
 
 
+#: Most messages taken from one socket per poll, so no socket starves the others.
+DRAIN_MAX = 256
+
+
 @dataclass(slots=True)
-class _InFlight:
+class _Waiting:
+    """A request at the ledger: whom to answer, with which id."""
+
     envelope: list[bytes]
     request_id: str
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """One message to the ledger: a QUERY/REPLAY (one request) or a COMMANDS batch
+    (several, answered by one REPLIES in the same order)."""
+
+    requests: list[_Waiting]
     deadline: float
+    batched: bool = False
+
+
+def _drain(sock: zmq.Socket[bytes], *, copy: bool = True) -> Iterator[Any]:
+    """The messages waiting on ``sock``, at most DRAIN_MAX of them."""
+    for _ in range(DRAIN_MAX):
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return
 
 
 @dataclass(slots=True)
@@ -116,7 +145,12 @@ class Broker:
             "ledger": config.ledger, "ledger_pub": config.ledger_pub,
         }
         self.agents: dict[str, bytes] = {}
+        #: by request key, in the order sent (so in deadline order: one timeout for all)
         self.inflight: dict[bytes, _InFlight] = {}
+        self.inflight_requests = 0
+        #: commands taken from the front in this poll round, sent as one COMMANDS
+        self._outbox: list[tuple[_Waiting, dict[str, Any]]] = []
+        self._outbox_bytes = 0
         self._keys = itertools.count(1)
         self.ledger_seen = float("-inf")
         self.head_seq = 0
@@ -125,6 +159,8 @@ class Broker:
         #: heartbeat keeps head_seq, the head already republished, so it never runs
         #: ahead of the events on the PUB stream)
         self.probed_head: tuple[int, str] = (0, "0" * 64)
+        #: the ledger's start-up check as its last probe reply reported it
+        self.ledger_check: dict[str, Any] | None = None
         self.stats = {"requests": 0, "forwarded": 0, "refused": 0, "events": 0}
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
@@ -160,19 +196,29 @@ class Broker:
                     was_up = up
                 self._expire(now, up)
                 for sock, _ in poller.poll(int(max(0.0, min(next_beat - now, 0.1)) * 1000)):
-                    if sock is self.front and self.auth is None:
-                        self._on_front(self.front.recv_multipart())
-                    elif sock is self.front:  # CURVE: the key's identity comes along
-                        parts = self.front.recv_multipart(copy=False)
-                        self._on_front([p.bytes for p in parts], user_id(parts[-1]))
+                    if sock is self.front:
+                        self._drain_front()
                     elif sock is self.backend:
-                        self._on_backend(self.backend.recv_multipart())
+                        for frames in _drain(self.backend):
+                            self._on_backend(frames)
                     else:
-                        self._on_ledger_pub(self.ledger_sub.recv_multipart())
+                        for frames in _drain(self.ledger_sub):
+                            self._on_ledger_pub(frames)
         finally:
             self.close()
 
     # --- agents -> broker ----------------------------------------------------------
+
+    def _drain_front(self) -> None:
+        """Every request already waiting (bounded); the commands among them go to the
+        ledger together, as one COMMANDS message."""
+        if self.auth is None:
+            for frames in _drain(self.front):
+                self._on_front(frames)
+        else:  # CURVE: the key's identity comes along
+            for parts in _drain(self.front, copy=False):
+                self._on_front([p.bytes for p in parts], user_id(parts[-1]))
+        self._flush_commands()
 
     def _reply(self, envelope: list[bytes], reply: wire.Reply | wire.Deliver) -> None:
         try:
@@ -216,11 +262,12 @@ class Broker:
                     ErrorCode.ACTOR_MISMATCH, f"this connection's key belongs to "
                     f"{identity!r}; it cannot act as {msg.actor!r}", field="actor",
                     details={"identity": identity, "actor": msg.actor})
-            self._route(envelope, msg)
+            self._route(envelope, msg, sum(len(f) for f in body))
         except CoordinatorError as exc:
             self._refuse(envelope, request_id, exc, rejected=is_command)
 
-    def _route(self, envelope: list[bytes], msg: Any) -> None:
+    def _route(self, envelope: list[bytes], msg: Any, size: int = 0) -> None:
+        """``size``: the request's encoded size (to bound a COMMANDS message)."""
         match msg:
             case wire.Hello():
                 if msg.actor is None:
@@ -233,12 +280,15 @@ class Broker:
                 head_seq, head_hash = max((self.head_seq, self.head_hash), self.probed_head)
                 self._reply(envelope, wire.Reply(id=msg.id, ok=True, result={
                     "broker_up": True, "ledger_up": self.ledger_up, "head_seq": head_seq,
-                    "head_hash": head_hash, "inflight": len(self.inflight)}))
+                    "head_hash": head_hash,
+                    "inflight": self.inflight_requests + len(self._outbox),
+                    "ledger_startup_check": self.ledger_check}))
             case wire.CommandMsg():
                 # validate the command here, so malformed ones never reach the ledger
-                parse_command({**msg.command, "command_id": msg.id, "actor": msg.actor,
-                               "session_id": msg.session_id})
-                self._forward(envelope, msg)
+                command = {**msg.command, "command_id": msg.id, "actor": msg.actor,
+                           "session_id": msg.session_id}
+                parse_command(command)
+                self._queue_command(envelope, msg, command, size)
             case wire.Query() | wire.Replay():
                 self._forward(envelope, msg)
             case wire.Send():
@@ -247,22 +297,54 @@ class Broker:
                 raise CoordinatorError(ErrorCode.INVALID_MESSAGE,
                                        f"{msg.type} is not a request", field="type")
 
-    def _forward(self, envelope: list[bytes], msg: Any) -> None:
+    def _admit(self) -> None:
+        """Raise unless one more request may go to the ledger now."""
         if not self.ledger_up:
             raise CoordinatorError(ErrorCode.LEDGER_UNAVAILABLE,
                                    "the ledger is not reachable; retry later with the same id")
-        if len(self.inflight) >= self.config.max_inflight:
-            raise CoordinatorError(ErrorCode.BUSY, f"{len(self.inflight)} requests in flight "
+        waiting = self.inflight_requests + len(self._outbox)
+        if waiting >= self.config.max_inflight:
+            raise CoordinatorError(ErrorCode.BUSY, f"{waiting} requests in flight "
                                    "(the limit); retry shortly")
+
+    def _send_backend(self, msg: wire.Message, requests: list[_Waiting], *,
+                      batched: bool = False) -> None:
         key = next(self._keys).to_bytes(8, "big")
+        self.backend.send_multipart([key, *wire.encode(msg)], flags=zmq.NOBLOCK)
+        self.inflight[key] = _InFlight(requests, time.monotonic() + self.config.request_timeout,
+                                       batched)
+        self.inflight_requests += len(requests)
+        self.stats["forwarded"] += len(requests)
+
+    def _forward(self, envelope: list[bytes], msg: wire.Query | wire.Replay) -> None:
+        self._admit()
         try:
-            self.backend.send_multipart([key, *wire.encode(msg)], flags=zmq.NOBLOCK)
+            self._send_backend(msg, [_Waiting(envelope, msg.id)])
         except zmq.Again:
             raise CoordinatorError(ErrorCode.LEDGER_UNAVAILABLE,
                                    "the ledger is not connected; retry later") from None
-        self.inflight[key] = _InFlight(envelope, msg.id,
-                                       time.monotonic() + self.config.request_timeout)
-        self.stats["forwarded"] += 1
+
+    def _queue_command(self, envelope: list[bytes], msg: wire.CommandMsg,
+                       command: dict[str, Any], size: int) -> None:
+        self._admit()
+        if (len(self._outbox) >= wire.MAX_COMMAND_BATCH
+                or self._outbox_bytes + size > wire.MAX_BATCH_BYTES // 2):
+            self._flush_commands()
+        self._outbox.append((_Waiting(envelope, msg.id), command))
+        self._outbox_bytes += size
+
+    def _flush_commands(self) -> None:
+        if not self._outbox:
+            return
+        outbox, self._outbox, self._outbox_bytes = self._outbox, [], 0
+        batch = wire.CommandBatch(id=f"batch-{len(outbox)}", commands=[c for _, c in outbox])
+        requests = [w for w, _ in outbox]
+        try:
+            self._send_backend(batch, requests, batched=True)
+        except zmq.Again:
+            for waiting in requests:
+                self._refuse(waiting.envelope, waiting.request_id, CoordinatorError(
+                    ErrorCode.LEDGER_UNAVAILABLE, "the ledger is not connected; retry later"))
 
     def _deliver(self, envelope: list[bytes], msg: wire.Send) -> None:
         target = msg.to or COORDINATOR
@@ -294,25 +376,56 @@ class Broker:
             with contextlib.suppress(CoordinatorError, KeyError, TypeError, ValueError):
                 result = wire.decode(frames[1:]).result or {}
                 self.probed_head = (int(result["head_seq"]), str(result["head_hash"]))
+                self.ledger_check = result.get("startup_check")
             return
         pending = self.inflight.pop(frames[0], None)
         if pending is None:
             return  # already answered with LEDGER_UNAVAILABLE
-        with contextlib.suppress(zmq.ZMQError):
-            self.front.send_multipart([*pending.envelope, *frames[1:]])
+        self.inflight_requests -= len(pending.requests)
+        answers = [frames[1:]] if not pending.batched else self._split_replies(
+            frames[1:], pending.requests)
+        for waiting, answer in zip(pending.requests, answers, strict=True):
+            with contextlib.suppress(zmq.ZMQError):
+                self.front.send_multipart([*waiting.envelope, *answer])
+
+    def _split_replies(self, frames: list[bytes], requests: list[_Waiting]
+                       ) -> list[list[bytes]]:
+        """The REPLY frames for each command of a batch, from the ledger's REPLIES. A
+        single REPLY instead is the ledger refusing the whole batch (e.g. its database
+        was found damaged): each command gets that error under its own id."""
+        try:
+            msg = wire.decode(frames, wire.MAX_REPLY_BYTES)
+        except CoordinatorError as exc:
+            log.warning("malformed reply from the ledger: %s", exc)
+            msg = wire.error_reply(None, CoordinatorError(
+                ErrorCode.LEDGER_UNAVAILABLE, "the ledger's answer could not be read; the "
+                "command may or may not have been applied: retry with the same id"))
+        if isinstance(msg, wire.ReplyBatch) and len(msg.replies) == len(requests):
+            return [[wire.PROTOCOL, *parts] for parts in msg.replies]
+        if isinstance(msg, wire.ReplyBatch):
+            log.warning("the ledger answered %d of %d commands", len(msg.replies),
+                        len(requests))
+            msg = wire.error_reply(None, CoordinatorError(
+                ErrorCode.LEDGER_UNAVAILABLE, "the ledger's answer did not cover this "
+                "command; it may or may not have been applied: retry with the same id"))
+        return [wire.encode(msg.model_copy(update={"id": w.request_id})) for w in requests]
 
     def _on_ledger_pub(self, frames: list[bytes]) -> None:
         self.ledger_seen = time.monotonic()
-        if frames[0] == wire.TOPIC_EVENT:
-            self.stats["events"] += 1
-            self.pub.send_multipart(frames)
+        if frames[0] == wire.TOPIC_COMMITTED:
             try:
-                _header, body = wire.decode_parts(frames[1:])
-                self.head_seq = max(self.head_seq, int(body["event"]["seq"]))
-                self.head_hash = body["event"]["hash"] if self.head_seq == int(
-                    body["event"]["seq"]) else self.head_hash
-            except (CoordinatorError, KeyError, TypeError, ValueError):
-                log.warning("malformed event from the ledger")
+                batch = wire.decode(frames[1:], wire.MAX_REPLY_BYTES)
+            except CoordinatorError as exc:
+                log.warning("malformed events from the ledger: %s", exc)
+                return
+            if not isinstance(batch, wire.EventBatch):
+                log.warning("unexpected %s on the ledger's committed topic", batch.type)
+                return
+            for parts in batch.events:
+                self.pub.send_multipart([wire.TOPIC_EVENT, wire.PROTOCOL, *parts])
+            self.stats["events"] += len(batch.events)
+            if batch.head_seq >= self.head_seq:
+                self.head_seq, self.head_hash = batch.head_seq, batch.head_hash
         elif frames[0] == wire.TOPIC_HEARTBEAT:
             try:
                 beat = wire.decode(frames[1:])
@@ -324,17 +437,23 @@ class Broker:
             self.pub.send_multipart(frames)
 
     def _expire(self, now: float, up: bool) -> None:
-        if not self.inflight:
-            return
-        dead = [k for k, p in self.inflight.items() if not up or p.deadline <= now]
+        """Fail what the ledger has not answered in time (everything, once it is down).
+        Keys are in send order, so in deadline order: stop at the first one still due."""
+        dead: list[bytes] = []
+        for key, pending in self.inflight.items():
+            if up and pending.deadline > now:
+                break
+            dead.append(key)
         for key in dead:
             pending = self.inflight.pop(key)
+            self.inflight_requests -= len(pending.requests)
             reason = ("the ledger stopped answering" if not up
                       else f"no answer from the ledger within {self.config.request_timeout}s")
-            self._refuse(pending.envelope, pending.request_id, CoordinatorError(
-                ErrorCode.LEDGER_UNAVAILABLE,
-                f"{reason}; the command may or may not have been applied: retry with the "
-                "same id (retries are idempotent)"))
+            for waiting in pending.requests:
+                self._refuse(waiting.envelope, waiting.request_id, CoordinatorError(
+                    ErrorCode.LEDGER_UNAVAILABLE,
+                    f"{reason}; the command may or may not have been applied: retry with "
+                    "the same id (retries are idempotent)"))
 
     def _heartbeat(self) -> None:
         beat = wire.Heartbeat(id=str(self.head_seq), source="broker", head_seq=self.head_seq,

@@ -31,8 +31,16 @@ PROTOCOL: Final = PROTOCOL_NAME + b"/" + str(PROTOCOL_VERSION).encode()
 TOPIC_EVENT: Final = b"event"
 TOPIC_HEARTBEAT: Final = b"heartbeat"
 TOPIC_CHECKPOINT: Final = b"checkpoint"
+#: Ledger -> broker only: the events of one commit group in one message (not a prefix of
+#: "event", so no subscriber of the public stream's topics ever receives it by mistake)
+TOPIC_COMMITTED: Final = b"committed"
+#: Most commands in one COMMANDS message (the ledger's default group-commit bound).
+MAX_COMMAND_BATCH: Final = 256
 #: Request frames larger than this are refused before they are decoded.
 MAX_FRAME_BYTES: Final = 1 << 20
+#: Largest COMMANDS frame: the broker starts a new batch before reaching half of it, so
+#: one command of up to MAX_FRAME_BYTES always fits.
+MAX_BATCH_BYTES: Final = 4 * MAX_FRAME_BYTES
 #: What a client accepts in one frame from the broker (its own, trusted, peer): query
 #: results such as a long timeline are not bounded by the request limit.
 MAX_REPLY_BYTES: Final = 256 << 20
@@ -169,16 +177,54 @@ class CheckpointMsg(_Msg):
     signature: str
 
 
+# --- broker <-> ledger only: the commands, replies and events of one group commit ----
+# The broker takes every request already waiting and sends the commands among them as
+# ONE message; the ledger applies them in one transaction and answers with ONE message
+# (and publishes the events as one): per command, no socket operation between the two.
+
+#: An already encoded message: its [header, body] frames.
+EncodedParts = Annotated[list[bytes], Field(min_length=2, max_length=2)]
+
+
+class CommandBatch(_Msg):
+    """Broker -> ledger: commands to apply in this order. Each entry is a whole command
+    (command_id, actor and session_id included), validated by the ledger as a COMMAND's
+    content is; each gets its own REPLY inside the REPLIES answer."""
+
+    type: Literal["COMMANDS"] = "COMMANDS"
+    commands: Annotated[list[dict[str, Any]], Field(min_length=1,
+                                                     max_length=MAX_COMMAND_BATCH)]
+
+
+class ReplyBatch(_Msg):
+    """Ledger -> broker: the REPLY to each command of a COMMANDS message, in its order,
+    already encoded; the broker sends each on as it is."""
+
+    type: Literal["REPLIES"] = "REPLIES"
+    replies: list[EncodedParts]
+
+
+class EventBatch(_Msg):
+    """Ledger -> broker (topic ``committed``): the EVENT messages of one commit group,
+    in seq order, already encoded; the broker republishes each one (topic ``event``).
+    ``head_seq``/``head_hash``: the last of them."""
+
+    type: Literal["EVENTS"] = "EVENTS"
+    events: Annotated[list[EncodedParts], Field(min_length=1)]
+    head_seq: int
+    head_hash: str
+
+
 Message = Annotated[
     Hello | Ping | CommandMsg | Query | Replay | Send | Reply | Deliver | EventMsg | Heartbeat
-    | CheckpointMsg,
+    | CheckpointMsg | CommandBatch | ReplyBatch | EventBatch,
     Field(discriminator="type"),
 ]
 REQUEST_TYPES: Final = ("HELLO", "PING", "COMMAND", "QUERY", "REPLAY", "SEND")
 _MESSAGE_TYPES: Final[dict[str, type[_Msg]]] = {
     m.model_fields["type"].default: m
     for m in (Hello, Ping, CommandMsg, Query, Replay, Send, Reply, Deliver, EventMsg, Heartbeat,
-              CheckpointMsg)
+              CheckpointMsg, CommandBatch, ReplyBatch, EventBatch)
 }
 MESSAGE_TYPES: Final = tuple(_MESSAGE_TYPES)
 

@@ -3,28 +3,34 @@
 :func:`startup_check` runs every time the ledger starts, before it opens the database
 for writing. It must stay fast on a big database, so it does not run
 ``PRAGMA integrity_check`` (which also cross-checks every index against its table, several
-times slower: docs/DURABILITY.md has figures); it runs:
+times slower: docs/DURABILITY.md has figures); it checks:
 
-- ``PRAGMA quick_check``: every page of the file is read and its b-tree structure and
-  record format checked (a truncated file, a torn or overwritten page, a file that is
-  not a database all fail here). It does not check that index contents match their
-  tables; ``bin/verify_chain`` runs the full integrity_check;
+- with ``pages=True``, ``PRAGMA quick_check``: every page of the file is read and its
+  b-tree structure and record format checked (a truncated file, a torn or overwritten
+  page, a file that is not a database all fail here). It does not check that index
+  contents match their tables; ``bin/verify_chain`` runs the full integrity_check;
 - the ledger schema is there (an existing file is never initialised over: an empty or
   foreign file is damage, not a new database);
 - the chain tail: the first event is seq 1, the last event's hash recomputes from its
   columns, its prev_hash is the hash of the event before it, and the newest command
-  record points to no event past the last one (a cut-off tail). All of this takes
+  record points to no event past the last one (a cut-off tail). These two take
   constant time, whatever the length of the log.
 
-With ``pages=True`` (the ledger's default, ``--startup-check full``) it also runs
-``PRAGMA quick_check`` and checks that the number of events equals the last seq; both
-read the whole file (about 0.8 s per GB). ``--startup-check tail`` skips them: start-up
-time then does not grow with the log, at the price of finding damaged pages or a hole
-in the middle of the log only when they are read, or by ``bin/verify_chain``.
+With ``pages=True`` (``--startup-check full``) it also runs ``PRAGMA quick_check`` and
+checks that the number of events equals the last seq; both read the whole file (about
+0.8 s per GB). ``pages=False`` leaves them out: start-up time then does not grow with the
+log. The ledger's default, ``--startup-check background``, runs :func:`startup_check`
+with ``pages=False`` before serving and the two page checks afterwards, while it serves,
+in a :class:`PageCheck` (a thread of its own with its own read-only connection; SQLite
+releases the GIL while a statement runs, so the check uses another core). If that finds
+damage, the ledger stops taking commands and exits as if it had refused to start.
+``--startup-check tail`` skips the page checks altogether: damaged pages or a hole in
+the middle of the log are then found only when read, or by ``bin/verify_chain``.
 
 The middle of the chain is not re-hashed at start (that reads the whole log: it is what
 ``bin/verify_chain`` is for). A failure raises :class:`ledger.errors.StorageError`
-with code ``DB_DAMAGED`` saying what failed; the ledger then refuses to start.
+with code ``DB_DAMAGED`` saying what failed; the ledger then refuses to start (or,
+when a background :class:`PageCheck` fails, stops serving and exits).
 
 :func:`damage_report` is what ``bin/verify_chain`` prints for a file that SQLite itself
 finds damaged: the full ``integrity_check`` messages, the tables they concern, and how
@@ -36,11 +42,15 @@ even by a WAL checkpoint.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
-from contextlib import closing
+import threading
+import time
+from collections.abc import Callable
+from contextlib import closing, suppress
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 from ledger.chain import GENESIS_HASH, event_hash
@@ -55,6 +65,10 @@ DAMAGE_ERRORS: Final = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR_SHORT_R
 #: Most integrity_check messages reported (SQLite's own default is 100).
 MAX_MESSAGES: Final = 20
 HINT: Final = "run bin/verify_chain --db {db} to see where"
+#: ``--startup-check`` modes; the first is the default
+STARTUP_MODES: Final = ("background", "full", "tail")
+
+log = logging.getLogger("ledger")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -103,6 +117,112 @@ def startup_check(path: Path, *, pages: bool = True) -> dict[str, Any]:
             return result | {"quick_check": "ok" if pages else "skipped"}
     except sqlite3.Error as exc:
         raise _sqlite_failure(path, exc, "reading it") from exc
+
+
+def pages_check(path: Path, conn: sqlite3.Connection) -> dict[str, Any]:
+    """``PRAGMA quick_check`` and the event count against the last seq, in one read
+    transaction (one snapshot, so a writer committing meanwhile cannot make them
+    disagree). Raises StorageError(DB_DAMAGED); sqlite3 errors that are not damage
+    propagate."""
+    conn.execute("BEGIN")
+    try:
+        _quick_check(path, conn)
+        (last_seq,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
+        return _count_check(path, conn, last_seq or 0) | {"quick_check": "ok"}
+    finally:
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+
+PageState = Literal["running", "ok", "failed", "stopped"]
+
+
+class PageCheck:
+    """The start-up checks whose time grows with the file (:func:`pages_check`), run on a
+    thread of their own from a read-only connection of their own, while the ledger
+    serves (``--startup-check background``).
+
+    ``state`` is ``running``, then ``ok`` or ``failed`` (``error`` says why: DB_DAMAGED,
+    or DB_ERROR if the file could not be read), or ``stopped`` if :meth:`stop` interrupted
+    it first. ``on_failure`` is called once, on the check's thread, with the error.
+    """
+
+    def __init__(self, path: Path,
+                 on_failure: Callable[[StorageError], None] | None = None) -> None:
+        self.path = path
+        self.on_failure = on_failure
+        self._started = 0.0
+        self.state: PageState = "running"
+        self.error: StorageError | None = None
+        self.result: dict[str, Any] = {}
+        self.seconds: float | None = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="ledger-page-check",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._thread.start()
+
+    def status(self) -> dict[str, Any]:
+        """What the ready line and PING report: ``{"pages": state, ...}``."""
+        out: dict[str, Any] = {"pages": self.state}
+        if self.seconds is not None:
+            out["pages_seconds"] = round(self.seconds, 3)
+        if "events" in self.result:
+            out["events"] = self.result["events"]
+        if self.error is not None:
+            out["error"] = self.error.to_dict()
+        return out
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Interrupt the check if it is still running, and wait for its thread (at most
+        ``timeout`` seconds). The interrupt is repeated: one sent while no statement runs
+        yet (the thread just connected) is a no-op in SQLite."""
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.interrupt()
+            self._thread.join(0.05)
+
+    def _run(self) -> None:
+        error: StorageError | None = None
+        try:
+            with self._lock:
+                if self._stopping:
+                    return
+                self._conn = _connect(self.path)
+            self.result = pages_check(self.path, self._conn)
+        except StorageError as exc:
+            error = exc
+        except sqlite3.Error as exc:
+            if not self._stopping:
+                error = _sqlite_failure(self.path, exc, "reading it")
+        except Exception as exc:  # a bug: the file was not checked, as a failed full check
+            log.exception("the page check failed")
+            error = StorageError(ErrorCode.DB_ERROR, f"{self.path.name}: the page check "
+                                 f"failed: {exc}")
+        finally:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+            self.seconds = time.monotonic() - self._started
+            self.error = error
+            self.state = ("failed" if error is not None else "ok" if self.result
+                          else "stopped")
+            self.done.set()
+        if self.state == "ok":
+            log.info("start-up check: every page read, %d events, in %.2f s",
+                     self.result["events"], self.seconds)
+        if error is not None and self.on_failure is not None:
+            self.on_failure(error)
 
 
 def _count_check(path: Path, conn: sqlite3.Connection, last_seq: int) -> dict[str, Any]:

@@ -3,7 +3,11 @@
 Sockets (both bound here):
 - ROUTER ``--bind``: requests from the broker, ``[broker id, request key, PROTOCOL,
   header, body]``; answered with ``[broker id, request key, PROTOCOL, header, body]``.
-- PUB ``--pub``: ``[b"event", ...]`` for every committed event in seq order, and
+  The broker sends the commands it has waiting as one COMMANDS message, answered with
+  one REPLIES (docs/PROTOCOL.md, "Between the broker and the ledger"); a single COMMAND
+  gets a single REPLY.
+- PUB ``--pub``: ``[b"committed", ...]``, one EVENTS message per commit group holding
+  its events in seq order (the broker republishes each as ``[b"event", ...]``), and
   ``[b"heartbeat", ...]`` every ``--heartbeat`` seconds with the head seq.
 
 COMMANDs are applied on the main thread with group commit: every command already
@@ -16,10 +20,14 @@ connection, so reads never stall the writer.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,7 @@ from broker import protocol as wire
 from broker.security import require_local_bind
 from ledger import checkpoints, integrity, queries, sqlite
 from ledger.checkpoints import Checkpoint, CheckpointWriter, load_or_create_key
+from ledger.commands import ID_PATTERN
 from ledger.errors import CoordinatorError, ErrorCode, StorageError
 from ledger.model import Event
 from ledger.plans import CommandResult, Ledger, utc_now
@@ -53,6 +62,8 @@ PUB_HWM = 100_000
 CHECKPOINT_KEY = checkpoints.DEFAULT_KEY
 CHECKPOINT_DIR = checkpoints.DEFAULT_DIR
 
+ID_RE = re.compile(ID_PATTERN)
+
 log = logging.getLogger("ledger")
 
 
@@ -64,16 +75,42 @@ def reply_for(request_id: str, result: CommandResult) -> wire.Reply:
         replayed=result.replayed)
 
 
-def event_message(event: Event) -> list[bytes]:
-    return [wire.TOPIC_EVENT, *wire.encode(wire.EventMsg(id=str(event.seq),
-                                                         event=event.to_row()))]
+def event_parts(event: Event) -> list[bytes]:
+    """[header, body] of the EVENT message the broker republishes for ``event``."""
+    return wire.encode(wire.EventMsg(id=str(event.seq), event=event.to_row()))[1:]
 
 
-def answer_query(store: SqliteStore, msg: Any) -> dict[str, Any]:
-    """Run one read request (QUERY, REPLAY or PING) against the read-only store."""
+def _reply(request_id: str, outcome: CommandResult | CoordinatorError) -> wire.Reply:
+    if isinstance(outcome, CoordinatorError):
+        return wire.error_reply(request_id, outcome)
+    return reply_for(request_id, outcome)
+
+
+def _reply_id(value: Any) -> str:
+    """A batched command's id for its REPLY ("unknown" if it is not a valid id: the
+    broker answers by position, not by id)."""
+    return value if isinstance(value, str) and ID_RE.fullmatch(value) else "unknown"
+
+
+@dataclass(slots=True)
+class _Group:
+    """Commands from one request, and where their answer goes: a COMMAND gets one
+    REPLY, a COMMANDS message one REPLIES with a REPLY per command."""
+
+    route: list[bytes]
+    request_id: str
+    commands: list[dict[str, Any]]
+    batched: bool = False
+
+
+def answer_query(store: SqliteStore, msg: Any,
+                 status: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run one read request (QUERY, REPLAY or PING) against the read-only store.
+    ``status``: what PING reports besides the head (the start-up check)."""
     if isinstance(msg, wire.Ping):
         seq, head = store.head()
-        return {"ledger_up": True, "head_seq": seq, "head_hash": head}
+        return {"ledger_up": True, "head_seq": seq, "head_hash": head,
+                **({"startup_check": status()} if status is not None else {})}
     if isinstance(msg, wire.Replay):
         events = [e.to_row() for e in store.iter_events(msg.from_seq, msg.to_seq,
                                                         limit=msg.limit)]
@@ -118,7 +155,7 @@ def answer_query(store: SqliteStore, msg: Any) -> dict[str, Any]:
 
 
 def _reader(ctx: zmq.Context[zmq.Socket[bytes]], store: SqliteStore,
-            stop: threading.Event) -> None:
+            stop: threading.Event, status: Callable[[], dict[str, Any]] | None = None) -> None:
     sock = ctx.socket(zmq.PAIR)
     sock.linger = 0
     sock.connect(READER_ENDPOINT)
@@ -132,7 +169,8 @@ def _reader(ctx: zmq.Context[zmq.Socket[bytes]], store: SqliteStore,
             try:
                 msg = wire.decode(body)
                 request_id = msg.id
-                reply = wire.Reply(id=request_id, ok=True, result=answer_query(store, msg))
+                reply = wire.Reply(id=request_id, ok=True,
+                                   result=answer_query(store, msg, status))
             except CoordinatorError as exc:
                 reply = wire.error_reply(request_id, exc)
             except Exception as exc:  # a bug must not kill the reader
@@ -151,7 +189,7 @@ class LedgerServer:
                  max_batch: int = 256, batch_window: float = 0.002,
                  checkpoint_key: Ed25519PrivateKey | None = None,
                  checkpoint_dir: Path | None = None, checkpoint_every: float = 10.0,
-                 startup_check: str = "full", accept_rollback: bool = False) -> None:
+                 startup_check: str = "background", accept_rollback: bool = False) -> None:
         # its sockets are for the broker alone: loopback or ipc://, never the network
         for name, endpoint in (("bind", bind), ("pub", pub)):
             require_local_bind(endpoint, name, why="the ledger (its sockets are for the "
@@ -161,11 +199,20 @@ class LedgerServer:
         self.max_batch = max_batch
         self.batch_window = batch_window
         self.stats = {"batches": 0, "commands": 0}
-        # refuse a damaged database before anything writes to it (DB_DAMAGED): chain
-        # tail, and with "full" every page (quick_check) and the event count; see
-        # ledger/integrity.py and docs/DURABILITY.md
+        # refuse a damaged database before anything writes to it (DB_DAMAGED): schema and
+        # chain tail, and with "full" every page (quick_check) and the event count. With
+        # "background" (the default) those two run on their own thread while the ledger
+        # serves; if they find damage, commands are refused (self.refusal) and the ledger
+        # exits with status 3. See ledger/integrity.py and docs/DURABILITY.md
+        if startup_check not in integrity.STARTUP_MODES:
+            raise ValueError(f"startup_check: {startup_check!r}")
+        self.startup_mode = startup_check
         self.startup_check = integrity.startup_check(db_path,
                                                      pages=startup_check == "full")
+        self.refusal: StorageError | None = None
+        self.page_check: integrity.PageCheck | None = None
+        if startup_check == "background" and self.startup_check["checked"]:
+            self.page_check = integrity.PageCheck(db_path, on_failure=self._refuse_commands)
         sqlite.initialise(db_path)
         self.store = SqliteStore(db_path, durability=durability)
         self.ledger = Ledger(self.store)
@@ -179,7 +226,7 @@ class LedgerServer:
                 self._refuse_rollback(checkpoint_key, checkpoint_dir)
             self._snapshot_store = SqliteStore(db_path, readonly=True)
             self.checkpoints = CheckpointWriter(checkpoint_key, checkpoint_dir,
-                                                self._snapshot_store.snapshot,
+                                                self._checked_snapshot,
                                                 every=checkpoint_every)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -196,6 +243,37 @@ class LedgerServer:
             "commands": self.router.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
             "events": self.pub.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
         }
+        if self.page_check is not None:  # nothing after this can fail
+            self.page_check.start()
+
+    def startup_status(self) -> dict[str, Any]:
+        """The start-up check, for the ready line and PING: ``mode``, ``tail`` (ok: it
+        ran before serving), ``pages`` (running, ok, failed, stopped or skipped)."""
+        checked = self.startup_check
+        out: dict[str, Any] = {"mode": self.startup_mode}
+        if not checked.get("checked"):
+            return out | {"tail": "new database", "pages": "new database"}
+        out["tail"] = "ok"
+        if self.page_check is not None:
+            return out | self.page_check.status()
+        if self.startup_mode == "full":
+            return out | {"pages": "ok", "events": checked["events"]}
+        return out | {"pages": "skipped"}
+
+    def _refuse_commands(self, error: StorageError) -> None:
+        """The background page check failed (on its thread): from now on every command
+        gets this error, and the main loop stops; main() exits with status 3."""
+        self.refusal = error
+
+    def _checked_snapshot(self) -> tuple[int, str, Any]:
+        """The checkpoint writer's snapshot (on its worker thread): never sign a database
+        the background page check is still reading or has found damaged."""
+        if self.page_check is not None:
+            self.page_check.done.wait()
+            if self.page_check.error is not None:
+                raise self.page_check.error
+        assert self._snapshot_store is not None
+        return self._snapshot_store.snapshot()
 
     def _refuse_rollback(self, key: Ed25519PrivateKey, directory: Path) -> None:
         """A database behind (or beside) the newest checkpoints this ledger signed was
@@ -216,7 +294,8 @@ class LedgerServer:
         reader_stop = threading.Event()
         reader = threading.Thread(
             target=_reader, name="ledger-reader", daemon=True,
-            args=(self.ctx, SqliteStore(self.db_path, readonly=True), reader_stop))
+            args=(self.ctx, SqliteStore(self.db_path, readonly=True), reader_stop,
+                  self.startup_status))
         reader.start()
         if self.checkpoints is not None:
             self.checkpoints.start()
@@ -225,7 +304,7 @@ class LedgerServer:
         poller.register(self.reader_pipe, zmq.POLLIN)
         next_beat = 0.0
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self.refusal is None:
                 now = time.monotonic()
                 if now >= next_beat:
                     self._heartbeat()
@@ -240,59 +319,85 @@ class LedgerServer:
                     else:
                         self.router.send_multipart(self.reader_pipe.recv_multipart())
         finally:
+            if self.page_check is not None:  # interrupted if still running
+                self.page_check.stop()
+            if self.refusal is not None:
+                self._refuse_waiting()
             reader_stop.set()
             reader.join(timeout=2)
-            if self.checkpoints is not None:  # the last one, at shutdown
-                for checkpoint in self.checkpoints.close(self.head_seq):
+            if self.checkpoints is not None:  # the last one, at shutdown (not if damaged)
+                for checkpoint in self.checkpoints.close(
+                        0 if self.refusal is not None else self.head_seq):
                     self._publish_checkpoint(checkpoint)
             self.close()
 
+    def _refuse_waiting(self, most: int = 10_000) -> None:
+        """Damage found: answer every request already waiting with the error."""
+        assert self.refusal is not None
+        for _ in range(most):
+            try:
+                frames = self.router.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) >= 2:
+                request_id = wire.header_id(frames[2:]) or "unknown"
+                self.router.send_multipart([*frames[:2], *wire.encode(
+                    wire.error_reply(request_id, self.refusal))])
+
     def _drain(self) -> None:
         """Take every request already waiting (bounded), then group-commit the commands."""
-        batch: list[tuple[list[bytes], wire.CommandMsg]] = []
+        groups: list[_Group] = []
+        count = 0
         deadline = time.monotonic() + self.batch_window
-        while len(batch) < self.max_batch:
+        while count < self.max_batch:
             try:
                 frames = self.router.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 break
-            command = self._triage(frames)
-            if command is not None:
-                batch.append(command)
+            group = self._triage(frames)
+            if group is not None:
+                groups.append(group)
+                count += len(group.commands)
             if time.monotonic() >= deadline:
                 break
-        if batch:
-            self._apply_batch(batch)
+        if groups:
+            self._apply_groups(groups)
 
-    def _triage(self, frames: list[bytes]) -> tuple[list[bytes], wire.CommandMsg] | None:
-        """Answer or hand off everything but commands; return a command to apply."""
+    def _triage(self, frames: list[bytes]) -> _Group | None:
+        """Answer or hand off everything but commands; return the commands to apply."""
         if len(frames) < 2:
             return None  # not from a broker: nobody to answer
         route, body = frames[:2], frames[2:]
         request_id = wire.header_id(body) or "unknown"
         try:
-            msg = wire.decode(body)
+            msg = wire.decode(body, wire.MAX_BATCH_BYTES)
         except CoordinatorError as exc:
             self.router.send_multipart([*route, *wire.encode(wire.error_reply(request_id, exc))])
             return None
         if isinstance(msg, wire.Query | wire.Replay | wire.Ping):
             self.reader_pipe.send_multipart(frames)
             return None
-        if not isinstance(msg, wire.CommandMsg):
+        if not isinstance(msg, wire.CommandMsg | wire.CommandBatch):
             err = CoordinatorError(ErrorCode.INVALID_MESSAGE,
                                    f"the ledger does not take {msg.type} messages", field="type")
             self.router.send_multipart([*route, *wire.encode(wire.error_reply(msg.id, err))])
             return None
-        return route, msg
+        if self.refusal is not None:  # the background page check found damage
+            self.router.send_multipart([*route, *wire.encode(wire.error_reply(msg.id,
+                                                                              self.refusal))])
+            return None
+        if isinstance(msg, wire.CommandBatch):
+            return _Group(route, msg.id, msg.commands, batched=True)
+        return _Group(route, msg.id, [{**msg.command, "command_id": msg.id,
+                                       "actor": msg.actor, "session_id": msg.session_id}])
 
-    def _apply_batch(self, batch: list[tuple[list[bytes], wire.CommandMsg]]) -> None:
-        commands = [{**msg.command, "command_id": msg.id, "actor": msg.actor,
-                     "session_id": msg.session_id} for _, msg in batch]
+    def _apply_groups(self, groups: list[_Group]) -> None:
+        commands = [c for g in groups for c in g.commands]
         outcomes: list[CommandResult | CoordinatorError]
         try:
             outcomes = list(self.ledger.apply_many(commands))  # returns after COMMIT
         except CoordinatorError as exc:
-            log.error("batch of %d failed (%s); applying one by one", len(batch), exc)
+            log.error("batch of %d failed (%s); applying one by one", len(commands), exc)
             outcomes = []
             for command in commands:
                 try:
@@ -300,16 +405,25 @@ class LedgerServer:
                 except CoordinatorError as one:  # storage failure: nothing committed
                     outcomes.append(one)
         self.stats["batches"] += 1
-        self.stats["commands"] += len(batch)
-        for (route, msg), outcome in zip(batch, outcomes, strict=True):
-            reply = (wire.error_reply(msg.id, outcome) if isinstance(outcome, CoordinatorError)
-                     else reply_for(msg.id, outcome))
-            self.router.send_multipart([*route, *wire.encode(reply)])
-        for outcome in outcomes:
-            if isinstance(outcome, CommandResult):
-                for event in outcome.events:
-                    self.pub.send_multipart(event_message(event))
-                    self.head_seq, self.head_hash = event.seq, event.hash
+        self.stats["commands"] += len(commands)
+        at = 0
+        for group in groups:
+            mine = outcomes[at:at + len(group.commands)]
+            at += len(group.commands)
+            if not group.batched:
+                reply = _reply(group.request_id, mine[0])
+                self.router.send_multipart([*group.route, *wire.encode(reply)])
+                continue
+            replies = [wire.encode(_reply(_reply_id(c.get("command_id")), o))[1:]
+                       for c, o in zip(group.commands, mine, strict=True)]
+            self.router.send_multipart([*group.route, *wire.encode(
+                wire.ReplyBatch(id=group.request_id, replies=replies))])
+        events = [e for o in outcomes if isinstance(o, CommandResult) for e in o.events]
+        if events:
+            self.head_seq, self.head_hash = events[-1].seq, events[-1].hash
+            self.pub.send_multipart([wire.TOPIC_COMMITTED, *wire.encode(wire.EventBatch(
+                id=str(self.head_seq), events=[event_parts(e) for e in events],
+                head_seq=self.head_seq, head_hash=self.head_hash))])
 
     def _heartbeat(self) -> None:
         beat = wire.Heartbeat(id=str(self.head_seq), source="ledger", head_seq=self.head_seq,
@@ -337,10 +451,11 @@ def main(argv: list[str] | None = None) -> None:
         "commands from the broker, replies after each commit, publishes committed events "
         "in seq order, and serves read queries and event replay from a read-only "
         "connection. Stop with Ctrl-C or SIGTERM. At start an existing database is "
-        "checked (PRAGMA quick_check and the chain tail); a damaged one is refused: the "
-        "ready line is {\"ok\": false, \"error\": {\"code\": \"DB_DAMAGED\", ...}} "
-        "and the exit status 3 (bin/verify_chain says where). Durability: "
-        "docs/DURABILITY.md.")
+        "checked (the schema and the chain tail before serving; every page with PRAGMA "
+        "quick_check and the event count while serving, see --startup-check); a damaged "
+        "one is refused: the ready line is {\"ok\": false, \"error\": {\"code\": "
+        "\"DB_DAMAGED\", ...}} and the exit status 3 (bin/verify_chain says where). "
+        "Durability: docs/DURABILITY.md.")
     p.add_argument("--db", default=None, metavar="PATH",
                    help="database under data/ (default data/os_sandbox.db; created if missing)")
     p.add_argument("--bind", default=DEFAULT_BIND, metavar="ADDR",
@@ -370,11 +485,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="start even if the database is behind or beside the newest signed "
                    "checkpoints in --checkpoint-dir (a deliberately restored backup); "
                    "without it such a database is refused with DB_ROLLED_BACK")
-    p.add_argument("--startup-check", choices=("full", "tail"), default="full",
-                   help="before serving, check the database: full (default) reads every "
-                   "page (PRAGMA quick_check, ~0.8 s per GB) and counts the events; tail "
-                   "checks only the schema and the chain's tail, in constant time. Both "
-                   "refuse a damaged database with DB_DAMAGED")
+    p.add_argument("--startup-check", choices=integrity.STARTUP_MODES,
+                   default=integrity.STARTUP_MODES[0],
+                   help="how an existing database is checked. Always, before serving: the "
+                   "schema and the chain's tail, in constant time (damage there: the "
+                   "ledger does not start, ready line ok false, DB_DAMAGED, exit status 3). "
+                   "background (default): then, while serving, read every page (PRAGMA "
+                   "quick_check, ~0.8 s per GB, on its own thread) and count the events; "
+                   "if that finds damage, every command gets DB_DAMAGED, one JSON line "
+                   "{\"ok\": false, \"error\": ...} goes to stderr and the ledger exits "
+                   "with status 3. full: the same page check before serving (start-up "
+                   "time grows with the file). tail: no page check")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging("ledger", args.verbose)
@@ -400,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
     settle_heap()
     announce({"ok": True, "ready": True, "role": "ledger",
               "db": str(db.relative_to(sandbox_root())), "head_seq": server.head_seq,
-              "endpoints": server.endpoints,
+              "endpoints": server.endpoints, "startup_check": server.startup_status(),
               **({"checkpoints": {
                   "dir": str(checkpoint_dir.relative_to(sandbox_root())),
                   "key": str(key_path.relative_to(sandbox_root())),
@@ -408,6 +529,12 @@ def main(argv: list[str] | None = None) -> None:
                  if server.checkpoints and checkpoint_dir and key_path else {})})
     server.serve(stop)
     log.info("stopped at head seq %d after %s", server.head_seq, server.stats)
+    if server.refusal is not None:  # the background page check found damage
+        sys.stderr.write(json.dumps({"ok": False, "role": "ledger",
+                                     "error": server.refusal.to_dict(),
+                                     "startup_check": server.startup_status()}) + "\n")
+        sys.stderr.flush()
+        sys.exit(3)
 
 
 if __name__ == "__main__":

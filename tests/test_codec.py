@@ -38,6 +38,14 @@ SAMPLES: list[Any] = [
     wire.CheckpointMsg(id="7", format="L3CHECKPOINT/1", seq=7, head_hash=HASH,
                        state_hash=HASH, ts="2026-01-01T00:00:00.000000Z",
                        key_id="0123456789abcdef", signature="cd" * 64),
+    wire.CommandBatch(id="batch-2", commands=[
+        {"action": "CREATE_PLAN", "command_id": "c-1", "actor": "Liam", "session_id": "S-1",
+         "plan_id": "P-1", "title": "t"},
+        {"action": "ADD_ITEM", "command_id": "c-2", "actor": "Liam", "session_id": "S-1",
+         "plan_id": "P-1", "item_id": "I-1", "title": "i"}]),
+    wire.ReplyBatch(id="batch-2", replies=[[b"\x81\xa1a\x01", b"\x80"], [b"h", b"b"]]),
+    wire.EventBatch(id="8", events=[[b"h7", b"b7"], [b"h8", b"b8"]], head_seq=8,
+                    head_hash=HASH),
 ]
 
 

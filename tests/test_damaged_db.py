@@ -2,8 +2,10 @@
 bin/verify_chain says where.
 
 The ledger's start-up check (ledger/integrity.py) is PRAGMA quick_check plus the chain
-tail. A refusal is the ready line ``{"ok": false, "error": {"code": "DB_DAMAGED", ...}}``
-and exit status 3, and the file is left byte for byte as it was.
+tail; these tests run it with ``--startup-check full`` (all of it before serving; the
+default, background, is in tests/test_startup_background.py). A refusal is the ready
+line ``{"ok": false, "error": {"code": "DB_DAMAGED", ...}}`` and exit status 3, and the
+file is left byte for byte as it was.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def _digest(path: Path) -> str:
 
 def _start_ledger(root: Path) -> tuple[int, dict[str, Any]]:
     done = subprocess.run([sys.executable, "-m", "ledger.server", "--db", DB, "--bind",
-                           LOOPBACK_ANY, "--pub", LOOPBACK_ANY], capture_output=True,
+                           LOOPBACK_ANY, "--pub", LOOPBACK_ANY, "--startup-check", "full"],
+                          capture_output=True,
                           env={**os.environ, "OS_SANDBOX_ROOT": str(root)}, timeout=60,
                           stdin=subprocess.DEVNULL)
     return done.returncode, json.loads(done.stdout.splitlines()[0])

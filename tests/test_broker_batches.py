@@ -1,0 +1,293 @@
+"""Broker <-> ledger batches: the commands waiting at the broker go to the ledger as ONE
+COMMANDS message, its REPLIES are split back to each client, and a commit group's
+events (one ``committed`` message) are republished one EVENT each.
+
+A real broker process talks to a scripted ledger: a ROUTER and a PUB bound by the test,
+so every way the ledger can answer (in order, one refusal for the whole batch, too few
+replies, garbage) is exercised.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from agents.launch import LOOPBACK_ANY, Child, spawn
+from broker import protocol as wire
+from broker.gateway import PROBE_KEY, Broker, BrokerConfig
+from ledger.errors import CoordinatorError, ErrorCode
+
+TIMEOUT_MS = 5000
+Answer = Callable[[wire.CommandBatch], list[bytes]]
+
+
+@dataclass
+class FakeLedger:
+    """The ledger's two sockets, answering the broker's probes like the real one."""
+
+    ctx: zmq.Context[zmq.Socket[bytes]]
+    router: zmq.Socket[bytes]
+    pub: zmq.Socket[bytes]
+    batches: list[wire.CommandBatch] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> tuple[str, str]:
+        return tuple(s.getsockopt(zmq.LAST_ENDPOINT).decode()  # type: ignore[return-value,union-attr]
+                     for s in (self.router, self.pub))
+
+    def serve(self, answer: Answer, until: Callable[[], bool], timeout: float = 10) -> None:
+        """Answer probes, and each COMMANDS with ``answer(batch)``, until ``until()``."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, "timed out serving the broker"
+            if not self.router.poll(50):
+                continue
+            route_and_key, body = (frames := self.router.recv_multipart())[:2], frames[2:]
+            msg = wire.decode(body, wire.MAX_BATCH_BYTES)
+            if route_and_key[1] == PROBE_KEY:
+                reply = wire.Reply(id=msg.id, ok=True, result={"ledger_up": True,
+                                                               "head_seq": 0,
+                                                               "head_hash": "0" * 64})
+                self.router.send_multipart([*route_and_key, *wire.encode(reply)])
+                continue
+            assert isinstance(msg, wire.CommandBatch), msg
+            self.batches.append(msg)
+            self.router.send_multipart([*route_and_key, *answer(msg)])
+
+
+@contextmanager
+def scripted_ledger() -> Iterator[FakeLedger]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
+    for sock in (router, pub):
+        sock.linger = 0
+        sock.bind(LOOPBACK_ANY)
+    try:
+        yield FakeLedger(ctx, router, pub)
+    finally:
+        router.close()
+        pub.close()
+        ctx.destroy(linger=0)
+
+
+@contextmanager
+def broker_for(fake: FakeLedger) -> Iterator[Child]:
+    ledger, ledger_pub = fake.endpoints
+    child = spawn("broker", "broker.gateway", [
+        "--front", LOOPBACK_ANY, "--pub", LOOPBACK_ANY, "--ledger", ledger,
+        "--ledger-pub", ledger_pub, "--heartbeat", "0.1", "--liveness", "5"])
+    try:
+        yield child
+    finally:
+        child.stop()
+
+
+def command(n: int, actor: str = "Liam") -> wire.CommandMsg:
+    return wire.CommandMsg(id=f"{actor}:{n}", actor=actor, session_id="S-1", command={
+        "action": "CREATE_PLAN", "plan_id": f"P-{actor}-{n}", "title": "t"})
+
+
+def reply_parts(request_id: str, **fields: Any) -> list[bytes]:
+    return wire.encode(wire.Reply(id=request_id, **fields))[1:]
+
+
+def in_order(batch: wire.CommandBatch) -> list[bytes]:
+    """What the real ledger does: one REPLY per command, in order (seq = position)."""
+    replies = [reply_parts(c["command_id"], ok=True, status="APPLIED", seq=i)
+               for i, c in enumerate(batch.commands, 1)]
+    return wire.encode(wire.ReplyBatch(id=batch.id, replies=replies))
+
+
+def clients(ctx: zmq.Context[zmq.Socket[bytes]], front: str,
+            n: int) -> list[zmq.Socket[bytes]]:
+    out = []
+    for _ in range(n):
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(front)
+        out.append(sock)
+    return out
+
+
+def run(fake: FakeLedger, answer: Answer, per_client: int = 3,
+        n_clients: int = 3) -> dict[str, wire.Reply]:
+    """Each client sends ``per_client`` commands; returns every reply by request id."""
+    with broker_for(fake) as broker:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        socks = clients(ctx, broker.endpoints["front"], n_clients)
+        replies: dict[str, wire.Reply] = {}
+        try:
+            wait_until_up(fake, socks[0])
+            for k, sock in enumerate(socks):
+                for n in range(per_client):
+                    sock.send_multipart(wire.encode(command(n, actor=f"A{k}")))
+            poller = zmq.Poller()
+            for sock in socks:
+                poller.register(sock, zmq.POLLIN)
+
+            def got_all() -> bool:
+                for sock, _ in poller.poll(0):
+                    reply = wire.decode(sock.recv_multipart())
+                    assert reply.id not in replies, f"two replies for {reply.id}"
+                    replies[reply.id] = reply
+                return len(replies) == per_client * n_clients
+
+            fake.serve(answer, got_all)
+        finally:
+            for sock in socks:
+                sock.close()
+            ctx.destroy(linger=0)
+    return replies
+
+
+def wait_until_up(fake: FakeLedger, sock: zmq.Socket[bytes]) -> None:
+    """PING the broker (serving its probes meanwhile) until it counts the ledger up."""
+    pings = itertools.count()
+    up = False
+
+    def answered_up() -> bool:
+        nonlocal up
+        if not up and sock.poll(0):
+            up = wire.decode(sock.recv_multipart()).result["ledger_up"]
+            if not up:
+                sock.send_multipart(wire.encode(wire.Ping(id=f"ping-{next(pings)}")))
+        return up
+
+    sock.send_multipart(wire.encode(wire.Ping(id=f"ping-{next(pings)}")))
+    fake.serve(in_order, answered_up)
+
+
+def sent_ids(per_client: int = 3, n_clients: int = 3) -> set[str]:
+    return {f"A{k}:{n}" for k in range(n_clients) for n in range(per_client)}
+
+
+def test_each_client_gets_its_own_reply_from_the_ledger_s_batch() -> None:
+    with scripted_ledger() as fake:
+        replies = run(fake, in_order)
+    assert set(replies) == sent_ids()
+    assert all(r.ok and r.status == "APPLIED" for r in replies.values())
+    # each command reached the ledger exactly once, whole, inside a COMMANDS message
+    commands = [c for b in fake.batches for c in b.commands]
+    assert sorted(c["command_id"] for c in commands) == sorted(sent_ids())
+    for c in commands:
+        assert (c["actor"], c["session_id"], c["action"]) == (
+            c["command_id"].split(":")[0], "S-1", "CREATE_PLAN")
+    # a reply is matched by position in its batch: the seq the fake gave it says so
+    for batch in fake.batches:
+        for i, c in enumerate(batch.commands, 1):
+            assert replies[c["command_id"]].seq == i
+
+
+def test_a_refusal_of_the_whole_batch_reaches_every_command_under_its_own_id() -> None:
+    def refuse(batch: wire.CommandBatch) -> list[bytes]:
+        return wire.encode(wire.error_reply(batch.id, CoordinatorError(
+            ErrorCode.DB_DAMAGED, "damaged")))
+
+    with scripted_ledger() as fake:
+        replies = run(fake, refuse)
+    assert set(replies) == sent_ids()
+    assert {r.error["code"] for r in replies.values() if r.error} == {"DB_DAMAGED"}
+    assert all(not r.ok for r in replies.values())
+
+
+def test_an_answer_the_broker_cannot_match_fails_each_command_as_retryable() -> None:
+    short_or_garbage = itertools.cycle(["short", "garbage"])
+
+    def broken(batch: wire.CommandBatch) -> list[bytes]:
+        if next(short_or_garbage) == "garbage":
+            return [wire.PROTOCOL, b"\xc1", b"\xc1"]
+        replies = [reply_parts(c["command_id"], ok=True, status="APPLIED")
+                   for c in batch.commands][1:]  # one missing
+        return wire.encode(wire.ReplyBatch(id=batch.id, replies=replies))
+
+    with scripted_ledger() as fake:
+        replies = run(fake, broken)
+    assert set(replies) == sent_ids()
+    for reply in replies.values():
+        assert (reply.ok, reply.status) == (False, None)
+        assert reply.error is not None and reply.error["code"] == "LEDGER_UNAVAILABLE"
+
+
+def event_row(seq: int) -> dict[str, Any]:
+    return {"seq": seq, "hash": f"{seq:064x}", "prev_hash": f"{seq - 1:064x}",
+            "payload": "{}"}
+
+
+def test_a_commit_group_s_events_are_republished_one_by_one_in_order() -> None:
+    with scripted_ledger() as fake, broker_for(fake) as broker:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.linger = 0
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(broker.endpoints["pub"])
+        try:
+            batch = wire.EventBatch(
+                id="3", head_seq=3, head_hash=event_row(3)["hash"],
+                events=[wire.encode(wire.EventMsg(id=str(s), event=event_row(s)))[1:]
+                        for s in (1, 2, 3)])
+            frames = [wire.TOPIC_COMMITTED, *wire.encode(batch)]
+            # until the broker's SUB has joined, what the fake publishes is dropped:
+            # publish again until the first event comes out the other side
+            events: list[int] = []
+            deadline = time.monotonic() + 10
+            while not events:
+                assert time.monotonic() < deadline, "no event republished"
+                fake.pub.send_multipart(frames)
+                while sub.poll(100):
+                    topic, *rest = sub.recv_multipart()
+                    if topic == wire.TOPIC_EVENT:
+                        events.append(wire.decode(rest).event["seq"])
+                        break
+            while len(events) < 3:
+                assert sub.poll(TIMEOUT_MS), "the rest of the batch did not follow"
+                topic, *rest = sub.recv_multipart()
+                assert topic != wire.TOPIC_COMMITTED  # the batch itself never goes out
+                if topic == wire.TOPIC_EVENT:
+                    events.append(wire.decode(rest).event["seq"])
+            assert events == [1, 2, 3]
+        finally:
+            sub.close()
+            ctx.destroy(linger=0)
+
+
+def test_requests_waiting_together_become_one_commands_message() -> None:
+    """In-process Broker, real sockets: five requests taken in one round go to the
+    ledger as one COMMANDS of five, in arrival order; a sixth after the flush starts a
+    new one."""
+    with scripted_ledger() as fake:
+        ledger, ledger_pub = fake.endpoints
+        broker = Broker(BrokerConfig(front=LOOPBACK_ANY, pub=LOOPBACK_ANY, ledger=ledger,
+                                     ledger_pub=ledger_pub))
+        try:
+            # the backend queues only for a connected ledger: probe until one arrives
+            deadline = time.monotonic() + 10
+            while True:
+                assert time.monotonic() < deadline, "the broker never connected"
+                broker._probe_ledger()
+                if fake.router.poll(50):
+                    assert fake.router.recv_multipart()[1] == PROBE_KEY
+                    break
+            while fake.router.poll(50):  # further probes sent before the connection
+                fake.router.recv_multipart()
+            broker.ledger_seen = time.monotonic()  # counts as up (as if answered)
+            for n in range(5):
+                broker._on_front([b"client-a", *wire.encode(command(n))])
+            broker._flush_commands()
+            broker._on_front([b"client-b", *wire.encode(command(9))])
+            broker._flush_commands()
+            got = []
+            for _ in range(2):
+                assert fake.router.poll(TIMEOUT_MS)
+                got.append(wire.decode(fake.router.recv_multipart()[2:],
+                                       wire.MAX_BATCH_BYTES))
+            assert [[c["command_id"] for c in b.commands] for b in got] == [
+                [f"Liam:{n}" for n in range(5)], ["Liam:9"]]
+            assert broker.inflight_requests == 6
+        finally:
+            broker.close()
