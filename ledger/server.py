@@ -63,6 +63,10 @@ CHECKPOINT_KEY = checkpoints.DEFAULT_KEY
 CHECKPOINT_DIR = checkpoints.DEFAULT_DIR
 
 ID_RE = re.compile(ID_PATTERN)
+#: WAL checkpoints (_maybe_checkpoint): when idle after this many commits; at the latest
+#: after that many (a commit group writes a few to a few hundred WAL pages)
+CHECKPOINT_IDLE = 16
+CHECKPOINT_FORCE = 64
 
 log = logging.getLogger("ledger")
 
@@ -214,7 +218,9 @@ class LedgerServer:
         if startup_check == "background" and self.startup_check["checked"]:
             self.page_check = integrity.PageCheck(db_path, on_failure=self._refuse_commands)
         sqlite.initialise(db_path)
-        self.store = SqliteStore(db_path, durability=durability)
+        self.store = SqliteStore(db_path, durability=durability, manual_checkpoints=True)
+        #: commits since the last WAL checkpoint (see _maybe_checkpoint)
+        self.commits_since_checkpoint = 0
         self.ledger = Ledger(self.store)
         self.head_seq, self.head_hash = self.store.head()
         #: signed checkpoints (ledger/checkpoints.py): computed on their own thread from
@@ -318,6 +324,7 @@ class LedgerServer:
                         self._drain()
                     else:
                         self.router.send_multipart(self.reader_pipe.recv_multipart())
+                self._maybe_checkpoint()
         finally:
             if self.page_check is not None:  # interrupted if still running
                 self.page_check.stop()
@@ -330,6 +337,21 @@ class LedgerServer:
                         0 if self.refusal is not None else self.head_seq):
                     self._publish_checkpoint(checkpoint)
             self.close()
+
+    def _maybe_checkpoint(self) -> None:
+        """WAL checkpoints happen here, after the replies went out, not inside a COMMIT:
+        in small steps while no request is waiting (so a command rarely waits behind one,
+        and never for long), and at the latest every CHECKPOINT_FORCE commits under a
+        load that never pauses. Same thread as the commits, so their fsyncs never
+        compete."""
+        n = self.commits_since_checkpoint
+        if n < CHECKPOINT_IDLE or (n < CHECKPOINT_FORCE and self.router.poll(0)):
+            return
+        try:
+            self.store.checkpoint()
+        except StorageError as exc:  # the next attempt may succeed; nothing is lost
+            log.warning("WAL checkpoint failed: %s", exc)
+        self.commits_since_checkpoint = 0
 
     def _refuse_waiting(self, most: int = 10_000) -> None:
         """Damage found: answer every request already waiting with the error."""
@@ -406,6 +428,7 @@ class LedgerServer:
                     outcomes.append(one)
         self.stats["batches"] += 1
         self.stats["commands"] += len(commands)
+        self.commits_since_checkpoint += 1
         at = 0
         for group in groups:
             mine = outcomes[at:at + len(group.commands)]
