@@ -33,6 +33,7 @@ import zmq
 from agents.client import AgentClient
 from agents.launch import spawn, start_bus
 from broker import protocol as wire
+from broker.sockets import NOBLOCK, send_frames
 from ledger import sqlite
 from ledger.chain import verify_events
 from ledger.plans import Ledger
@@ -172,7 +173,7 @@ def drive(front: str, work: Workload, window: int, session: str) -> dict[str, An
     for i, sock in enumerate(socks):
         while next_send[i] < min(window, len(frames[i])):
             sent_at[i][work.streams[i][next_send[i]]["command_id"]] = time.perf_counter()
-            sock.send_multipart(frames[i][next_send[i]])
+            send_frames(sock, frames[i][next_send[i]])
             next_send[i] += 1
     deadline = started + 120
     while done < total and time.perf_counter() < deadline:
@@ -180,7 +181,7 @@ def drive(front: str, work: Workload, window: int, session: str) -> dict[str, An
             i = index[sock]
             while True:
                 try:
-                    reply = sock.recv_multipart(zmq.NOBLOCK)
+                    reply = sock.recv_multipart(NOBLOCK)
                 except zmq.Again:
                     break
                 now = time.perf_counter()
@@ -199,7 +200,7 @@ def drive(front: str, work: Workload, window: int, session: str) -> dict[str, An
                 if next_send[i] < len(frames[i]):
                     cmd_id = work.streams[i][next_send[i]]["command_id"]
                     sent_at[i][cmd_id] = time.perf_counter()
-                    sock.send_multipart(frames[i][next_send[i]])
+                    send_frames(sock, frames[i][next_send[i]])
                     next_send[i] += 1
     elapsed = time.perf_counter() - started
     for sock in socks:
@@ -235,7 +236,7 @@ def fixed_rate(front: str, rate: float, seconds: float, session: str) -> dict[st
         now = time.perf_counter()
         while i < count and start + i / rate <= now:
             sent_at[cmds[i]["command_id"]] = time.perf_counter()
-            sock.send_multipart(frames[i])
+            send_frames(sock, frames[i])
             i += 1
         # at least 1 ms: a 0 ms poll would spin and steal a core from the bus under test
         wait_ms = max(1, int(((start + i / rate) - time.perf_counter()) * 1000)) if i < count \
@@ -243,7 +244,7 @@ def fixed_rate(front: str, rate: float, seconds: float, session: str) -> dict[st
         if sock.poll(wait_ms):
             while True:
                 try:
-                    reply = sock.recv_multipart(zmq.NOBLOCK)
+                    reply = sock.recv_multipart(NOBLOCK)
                 except zmq.Again:
                     break
                 t0 = sent_at.pop(wire.unpack(reply[1])["id"], None)

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import protocol as wire
 from broker.security import require_local_bind
+from broker.sockets import NOBLOCK, send_frames
 from ledger import checkpoints, integrity, queries, sqlite
 from ledger.checkpoints import Checkpoint, CheckpointWriter, load_or_create_key
 from ledger.commands import ID_PATTERN
@@ -358,7 +359,7 @@ class LedgerServer:
         assert self.refusal is not None
         for _ in range(most):
             try:
-                frames = self.router.recv_multipart(flags=zmq.NOBLOCK)
+                frames = self.router.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
             if len(frames) >= 2:
@@ -373,7 +374,7 @@ class LedgerServer:
         deadline = time.monotonic() + self.batch_window
         while count < self.max_batch:
             try:
-                frames = self.router.recv_multipart(flags=zmq.NOBLOCK)
+                frames = self.router.recv_multipart(NOBLOCK)
             except zmq.Again:
                 break
             group = self._triage(frames)
@@ -435,16 +436,16 @@ class LedgerServer:
             at += len(group.commands)
             if not group.batched:
                 reply = _reply(group.request_id, mine[0])
-                self.router.send_multipart([*group.route, *wire.encode(reply)])
+                send_frames(self.router, [*group.route, *wire.encode(reply)])
                 continue
             replies = [wire.encode(_reply(_reply_id(c.get("command_id")), o))[1:]
                        for c, o in zip(group.commands, mine, strict=True)]
-            self.router.send_multipart([*group.route, *wire.encode(
+            send_frames(self.router, [*group.route, *wire.encode(
                 wire.ReplyBatch(id=group.request_id, replies=replies))])
         events = [e for o in outcomes if isinstance(o, CommandResult) for e in o.events]
         if events:
             self.head_seq, self.head_hash = events[-1].seq, events[-1].hash
-            self.pub.send_multipart([wire.TOPIC_COMMITTED, *wire.encode(wire.EventBatch(
+            send_frames(self.pub, [wire.TOPIC_COMMITTED, *wire.encode(wire.EventBatch(
                 id=str(self.head_seq), events=[event_parts(e) for e in events],
                 head_seq=self.head_seq, head_hash=self.head_hash))])
 

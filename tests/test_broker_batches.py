@@ -256,38 +256,94 @@ def test_a_commit_group_s_events_are_republished_one_by_one_in_order() -> None:
             ctx.destroy(linger=0)
 
 
+@contextmanager
+def inproc_broker(fake: FakeLedger) -> Iterator[Broker]:
+    """A Broker object in this process (its loop driven by the test), connected to
+    ``fake`` and counting it up."""
+    ledger, ledger_pub = fake.endpoints
+    broker = Broker(BrokerConfig(front=LOOPBACK_ANY, pub=LOOPBACK_ANY, ledger=ledger,
+                                 ledger_pub=ledger_pub))
+    try:
+        # the backend queues only for a connected ledger: probe until one arrives
+        deadline = time.monotonic() + 10
+        while True:
+            assert time.monotonic() < deadline, "the broker never connected"
+            broker._probe_ledger()
+            if fake.router.poll(50):
+                assert fake.router.recv_multipart()[1] == PROBE_KEY
+                break
+        while fake.router.poll(50):  # further probes sent before the connection
+            fake.router.recv_multipart()
+        broker.ledger_seen = time.monotonic()  # counts as up (as if answered)
+        yield broker
+    finally:
+        broker.close()
+
+
 def test_requests_waiting_together_become_one_commands_message() -> None:
     """In-process Broker, real sockets: five requests taken in one round go to the
     ledger as one COMMANDS of five, in arrival order; a sixth after the flush starts a
-    new one."""
-    with scripted_ledger() as fake:
-        ledger, ledger_pub = fake.endpoints
-        broker = Broker(BrokerConfig(front=LOOPBACK_ANY, pub=LOOPBACK_ANY, ledger=ledger,
-                                     ledger_pub=ledger_pub))
+    new one; with those two at the ledger, three more wait in the broker until the
+    first is answered, then go as one."""
+    with scripted_ledger() as fake, inproc_broker(fake) as broker:
+        for n in range(5):
+            broker._on_front([b"client-a", *wire.encode(command(n))])
+        broker._flush_commands()
+        broker._on_front([b"client-b", *wire.encode(command(9))])
+        broker._flush_commands()
+        got = []
+        for _ in range(2):
+            assert fake.router.poll(TIMEOUT_MS)
+            got.append(fake.router.recv_multipart())
+        batches = [wire.decode(f[2:], wire.MAX_BATCH_BYTES) for f in got]
+        assert [[c["command_id"] for c in b.commands] for b in batches] == [
+            [f"Liam:{n}" for n in range(5)], ["Liam:9"]]
+        assert (broker.inflight_requests, broker.batches_at_ledger) == (6, 2)
+        # two batches at the ledger: the next commands wait in the broker ...
+        for n in (10, 11, 12):
+            broker._on_front([b"client-c", *wire.encode(command(n))])
+        broker._flush_commands()
+        assert [c["command_id"] for _, c in broker._outbox] == [
+            "Liam:10", "Liam:11", "Liam:12"]
+        # ... and go together, as one COMMANDS, once the ledger answers the first
+        key, first = got[0][1], batches[0]
+        broker._on_backend([key, *in_order(first)])
+        assert fake.router.poll(TIMEOUT_MS)
+        third = wire.decode(fake.router.recv_multipart()[2:], wire.MAX_BATCH_BYTES)
+        assert [c["command_id"] for c in third.commands] == [
+            "Liam:10", "Liam:11", "Liam:12"]
+        assert (broker.inflight_requests, broker.batches_at_ledger) == (4, 2)
+        assert broker._outbox == []
+
+
+def test_commands_held_for_a_ledger_that_goes_down_are_refused() -> None:
+    with scripted_ledger() as fake, inproc_broker(fake) as broker:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        client = ctx.socket(zmq.DEALER)
+        client.linger = 0
+        client.setsockopt(zmq.IDENTITY, b"client-c")
+        client.connect(broker.endpoints["front"])
         try:
-            # the backend queues only for a connected ledger: probe until one arrives
-            deadline = time.monotonic() + 10
-            while True:
-                assert time.monotonic() < deadline, "the broker never connected"
-                broker._probe_ledger()
-                if fake.router.poll(50):
-                    assert fake.router.recv_multipart()[1] == PROBE_KEY
-                    break
-            while fake.router.poll(50):  # further probes sent before the connection
-                fake.router.recv_multipart()
-            broker.ledger_seen = time.monotonic()  # counts as up (as if answered)
-            for n in range(5):
-                broker._on_front([b"client-a", *wire.encode(command(n))])
-            broker._flush_commands()
-            broker._on_front([b"client-b", *wire.encode(command(9))])
-            broker._flush_commands()
-            got = []
-            for _ in range(2):
-                assert fake.router.poll(TIMEOUT_MS)
-                got.append(wire.decode(fake.router.recv_multipart()[2:],
-                                       wire.MAX_BATCH_BYTES))
-            assert [[c["command_id"] for c in b.commands] for b in got] == [
-                [f"Liam:{n}" for n in range(5)], ["Liam:9"]]
-            assert broker.inflight_requests == 6
+            # handshake: the broker routes to client-c once it has heard from it
+            client.send_multipart(wire.encode(wire.Ping(id="hello")))
+            assert broker.front.poll(TIMEOUT_MS)
+            broker._drain_front()
+            assert client.poll(TIMEOUT_MS) and wire.decode(client.recv_multipart()).ok
+            for n in range(3):  # two batches at the ledger, then one held
+                broker._on_front([b"client-c", *wire.encode(command(n))])
+                broker._flush_commands()
+            assert len(broker._outbox) == 1 and broker.batches_at_ledger == 2
+            broker._expire(time.monotonic(), up=False)
+            replies = []
+            while len(replies) < 3:
+                assert client.poll(TIMEOUT_MS), replies
+                replies.append(wire.decode(client.recv_multipart()))
+            assert sorted(r.id for r in replies) == ["Liam:0", "Liam:1", "Liam:2"]
+            assert all(r.error and r.error["code"] == "LEDGER_UNAVAILABLE" for r in replies)
+            held = next(r for r in replies if r.id == "Liam:2")
+            assert "before this command was sent" in held.error["message"]
+            assert (broker._outbox, broker.inflight_requests, broker.batches_at_ledger) == (
+                [], 0, 0)
         finally:
-            broker.close()
+            client.close()
+            ctx.destroy(linger=0)
