@@ -47,12 +47,6 @@ def event_hash(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(preimage(fields)).hexdigest()
 
 
-def _hash_hashed_columns(row: dict[str, Any]) -> str:
-    """event_hash for a row that already holds exactly the hashed columns (the verify
-    loop builds it once, so no second dict is made per event)."""
-    return hashlib.sha256(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
 @dataclass(slots=True)
 class Mismatch:
     seq: int
@@ -80,6 +74,93 @@ class ChainReport:
             self.mismatches.append(Mismatch(seq, reason))
 
 
+#: One event row as a tuple, in :data:`ledger.model.EVENT_COLUMNS` order (what
+#: ``SELECT seq, ..., hash FROM events`` returns).
+EventRow = tuple[Any, ...]
+
+
+def event_row(ev: Event) -> EventRow:
+    """An :class:`Event` as an :data:`EventRow`."""
+    return (ev.seq, ev.event_id, ev.ts, ev.event_type, ev.session_id, ev.task_id, ev.actor,
+            ev.plan_id, ev.item_id, ev.command_id, ev.payload, ev.prev_hash, ev.hash)
+
+
+class ChainWalk:
+    """:func:`verify_events`, fed a batch of rows at a time (the verify loop's hot path).
+
+    A walk can start in the middle of the log: ``expected_seq`` and ``prev_hash`` are then
+    the seq + 1 and the stored hash of the row before the first one it is fed (a range of
+    a parallel verify). Mismatches go to ``report`` in the order the rows are fed.
+    """
+
+    __slots__ = ("expected_seq", "prev_hash", "report")
+
+    def __init__(self, *, expected_seq: int = 1, prev_hash: str = GENESIS_HASH) -> None:
+        self.report = ChainReport()
+        self.expected_seq = expected_seq
+        self.prev_hash = prev_hash
+
+    def feed(self, rows: Iterable[EventRow], payloads: list[Any] | None = None) -> None:
+        """Check the next rows in storage order. With ``payloads``, append each row's
+        parsed payload to it (or the exception parsing it raised), for the replay."""
+        report = self.report
+        add = report.add
+        expected_seq = self.expected_seq
+        prev_hash = self.prev_hash
+        dumps, loads, sha256 = orjson.dumps, orjson.loads, hashlib.sha256
+        sort_keys = orjson.OPT_SORT_KEYS
+        keep = payloads.append if payloads is not None else None
+        n = 0
+        seq: Any = None
+        for (seq, event_id, ts, event_type, session_id, task_id, actor, plan_id, item_id,
+             command_id, payload, prev, stored) in rows:
+            n += 1
+            if seq != expected_seq:
+                add(min(seq, expected_seq),
+                    f"sequence broken: expected seq {expected_seq}, found {seq}")
+            if prev != prev_hash:
+                add(seq, "prev_hash does not match the hash of the previous event")
+            try:
+                # the preimage (docs/HASH_CHAIN.md): every column but hash, keys sorted
+                actual = sha256(dumps(
+                    {"actor": actor, "command_id": command_id, "event_id": event_id,
+                     "event_type": event_type, "item_id": item_id, "payload": payload,
+                     "plan_id": plan_id, "prev_hash": prev, "seq": seq,
+                     "session_id": session_id, "task_id": task_id, "ts": ts},
+                    option=sort_keys)).hexdigest()
+            except (TypeError, ValueError) as exc:
+                add(seq, f"row cannot be encoded: {exc}")
+                actual = ""
+            if actual != stored:
+                add(seq, "hash does not match the event's contents")
+            parsed: Any
+            try:
+                parsed = loads(payload)
+            except (TypeError, ValueError) as exc:
+                add(seq, "payload is not valid JSON")
+                parsed = exc
+            else:
+                if not isinstance(parsed, dict):
+                    add(seq, "payload is not a JSON object")
+            if keep is not None:
+                keep(parsed)
+            expected_seq = seq + 1
+            prev_hash = stored
+        if n:
+            report.events += n
+            report.head_seq = seq
+            report.head_hash = prev_hash
+            self.expected_seq = expected_seq
+            self.prev_hash = prev_hash
+
+
+def verify_rows(rows: Iterable[EventRow]) -> ChainReport:
+    """:func:`verify_events` for rows given as tuples (:data:`EventRow`)."""
+    walk = ChainWalk()
+    walk.feed(rows)
+    return walk.report
+
+
 def verify_events(events: Iterable[Event]) -> ChainReport:
     """Walk events in storage order and report every broken link.
 
@@ -88,32 +169,4 @@ def verify_events(events: Iterable[Event]) -> ChainReport:
     payload is a JSON object. A deleted, inserted, reordered or edited row is therefore
     reported at the first seq it affects.
     """
-    report = ChainReport()
-    expected_seq = 1
-    prev_hash = GENESIS_HASH
-    for ev in events:
-        report.events += 1
-        row = ev.to_row()
-        del row["hash"]  # the preimage is every other column
-        if ev.seq != expected_seq:
-            report.add(min(ev.seq, expected_seq),
-                       f"sequence broken: expected seq {expected_seq}, found {ev.seq}")
-        if ev.prev_hash != prev_hash:
-            report.add(ev.seq, "prev_hash does not match the hash of the previous event")
-        try:
-            actual = _hash_hashed_columns(row)
-        except (TypeError, ValueError) as exc:
-            report.add(ev.seq, f"row cannot be encoded: {exc}")
-            actual = ""
-        if actual != ev.hash:
-            report.add(ev.seq, "hash does not match the event's contents")
-        try:
-            if not isinstance(orjson.loads(ev.payload), dict):
-                report.add(ev.seq, "payload is not a JSON object")
-        except (TypeError, ValueError):
-            report.add(ev.seq, "payload is not valid JSON")
-        expected_seq = ev.seq + 1
-        prev_hash = ev.hash
-        report.head_seq = ev.seq
-        report.head_hash = ev.hash
-    return report
+    return verify_rows(event_row(ev) for ev in events)

@@ -45,10 +45,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from ledger.chain import canonical_json
 from ledger.errors import CoordinatorError, ErrorCode
-from ledger.model import Event, Item, Link, Plan, State
+from ledger.model import Item, Link, Plan, State
 from ledger.persistence import Store
 from ledger.plans import utc_now
+from ledger.replay import ITEM_FIELDS, LINK_FIELDS, PLAN_FIELDS, Replay, Table
 from ledger.verify import verify_store
+from ledger.verify_parallel import ChainHelper
 
 FORMAT: Final = "L3CHECKPOINT/1"
 #: The signed fields, in the order a checkpoint file lists them (the signed bytes sort them).
@@ -155,11 +157,24 @@ def _rows(table: Mapping[str, Plan | Item | Link]) -> list[dict[str, Any]]:
     return out
 
 
+def _table_rows(table: Table, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [dict(zip(columns, table[key], strict=True)) for key in sorted(table)]
+
+
 def state_document(state: State) -> dict[str, list[dict[str, Any]]]:
     """The state as the hash sees it: each table's rows as column -> value objects
     (every column), sorted by primary key."""
     return {"plans": _rows(state.plans), "plan_items": _rows(state.items),
             "plan_links": _rows(state.links)}
+
+
+def tables_hash(plans: Table, items: Table, links: Table) -> str:
+    """:func:`state_hash` of a state given as tables (primary key -> the row's values in
+    field order), as verify's replay keeps it."""
+    document = {"plans": _table_rows(plans, PLAN_FIELDS),
+                "plan_items": _table_rows(items, ITEM_FIELDS),
+                "plan_links": _table_rows(links, LINK_FIELDS)}
+    return hashlib.sha256(canonical_json(document).encode("utf-8")).hexdigest()
 
 
 def state_hash(state: State) -> str:
@@ -484,7 +499,8 @@ def newest_checkpoints(directory: Path, public_key: Ed25519PublicKey | None, n: 
 
 def verify_with_checkpoints(store: Store, checkpoints: Sequence[LoadedCheckpoint], *,
                             directory: str | None = None, public_key_name: str | None = None,
-                            key_id: str | None = None) -> dict[str, Any]:
+                            key_id: str | None = None,
+                            helper: ChainHelper | None = None) -> dict[str, Any]:
     """verify_store's report, plus every checkpoint compared with the database.
 
     One pass over the log: the chain and state checks of :func:`ledger.verify.verify_store`,
@@ -494,18 +510,18 @@ def verify_with_checkpoints(store: Store, checkpoints: Sequence[LoadedCheckpoint
     HISTORY_REWRITTEN and STATE_REWRITTEN at the checkpoint's seq (the rewrite lies after
     the last checkpoint that still matches, given as ``after_seq``), BAD_SIGNATURE,
     UNKNOWN_KEY and MALFORMED at the checkpoint's seq (such a checkpoint is not compared).
+    ``helper``: as for verify_store.
     """
     usable = [lc for lc in checkpoints if lc.usable]
     wanted = {lc.checkpoint.seq for lc in usable if lc.checkpoint is not None}
     hashes: dict[int, str] = {}
     states: dict[int, str | None] = {}
 
-    def observe(event: Event, state: State | None) -> None:
-        if event.seq in wanted:
-            hashes[event.seq] = event.hash
-            states[event.seq] = None if state is None else state_hash(state)
+    def observe(seq: int, hash_: str, replay: Replay | None) -> None:
+        hashes[seq] = hash_
+        states[seq] = None if replay is None else tables_hash(*replay.tables())
 
-    report = verify_store(store, observe=observe)
+    report = verify_store(store, observe=observe, observe_seqs=wanted, helper=helper)
     head = int(report["head_seq"])
     findings: list[dict[str, Any]] = []
 

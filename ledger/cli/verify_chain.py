@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Final
 
-from ledger.checkpoints import (
-    DEFAULT_KEY,
-    key_id_of,
-    load_checkpoints,
-    load_public_key,
-    public_key_path,
-    verify_with_checkpoints,
-)
 from ledger.cli.common import EXIT_FAILED_CHECK, add_db_arg, emit, open_store, parser, run
 from ledger.integrity import damage_report
 from ledger.sandbox import resolve_db, resolve_key, resolve_output_dir, sandbox_root
 from ledger.verify import verify_store
+from ledger.verify_parallel import ChainHelper
+
+#: A database file this big gets a helper process for the chain checks (about 60,000
+#: events; below that, starting it costs more than it saves).
+HELPER_MIN_BYTES: Final = 64 << 20
 
 DESCRIPTION = """Check every event's seq, prev_hash and hash, then replay the log and compare
 the plans, plan_items and plan_links tables with the replay. Prints chain_status OK or
 BROKEN with each mismatch at the first seq it affects; exits 1 when BROKEN. Read-only.
 
-First the file itself is checked with PRAGMA integrity_check: a damaged file (truncated,
-overwritten pages, an index that disagrees with its table) gives chain_status DAMAGED
-with the integrity messages, the tables concerned, a truncation the header reveals and
-the last seq that can still be read; exits 1.
+The file itself is checked with PRAGMA integrity_check (meanwhile, on another core): a
+damaged file (truncated, overwritten pages, an index that disagrees with its table)
+gives chain_status DAMAGED, whatever the walk found, with the integrity messages, the
+tables concerned, a truncation the header reveals and the last seq that can still be
+read; exits 1.
 
 With --checkpoints DIR it also checks the ledger's signed checkpoints (bin/ledger
 --checkpoint-dir): each file's Ed25519 signature against the trusted public key, then
@@ -47,26 +49,102 @@ def _main(argv: list[str]) -> int:
                    "keys/ledger-checkpoint.pub, which the ledger writes beside its key)")
     args = p.parse_args(argv)
     path = resolve_db(args.db)
-    damage = damage_report(path) if path.is_file() else None
-    if damage is not None:
-        emit(damage)
+    # Three things at once: PRAGMA integrity_check on a thread of its own (SQLite
+    # releases the GIL while a statement runs), the replay and part of the chain checks
+    # on this thread, the rest of the chain checks in a helper process (forked first,
+    # while this process has no other thread and no connection). The integrity verdict
+    # still comes first: a damaged file gets the damage report, whatever the walk made
+    # of it (or raised on it).
+    helper = _helper(path)
+    try:
+        damage = _DamageCheck(path, then=helper.release if helper else None) \
+            if path.is_file() else None
+        try:
+            report = _verify(args, helper)
+        except Exception:
+            if damage is not None and (found := damage.result()) is not None:
+                emit(found)
+                return EXIT_FAILED_CHECK
+            raise
+    finally:
+        if helper is not None:
+            helper.close()
+    if damage is not None and (found := damage.result()) is not None:
+        emit(found)
         return EXIT_FAILED_CHECK
-    with open_store(args.db, readonly=True) as store:
-        if args.checkpoints is None:
-            report = verify_store(store)
-        else:
-            directory = resolve_output_dir(args.checkpoints)
-            key_file = resolve_key(args.public_key or str(public_key_path(
-                Path(DEFAULT_KEY))), must_exist=True)
-            public_key = load_public_key(key_file)
-            report = verify_with_checkpoints(
-                store, load_checkpoints(directory, public_key),
-                directory=str(directory.relative_to(sandbox_root())),
-                public_key_name=str(key_file.relative_to(sandbox_root())),
-                key_id=key_id_of(public_key))
     emit(report)
     return 0 if report["chain_status"] == "OK" else EXIT_FAILED_CHECK
 
 
+def _helper(path: Path) -> ChainHelper | None:
+    """A helper process for a big database, held until the integrity check is done
+    (splitting the chain checks costs some extra work: worth it only on a free core)."""
+    if not path.is_file() or path.stat().st_size < HELPER_MIN_BYTES:
+        return None
+    try:
+        return ChainHelper(path, held=True)
+    except OSError:  # no process to be had: this one does all the checks
+        return None
+
+
+def _verify(args: argparse.Namespace, helper: ChainHelper | None) -> dict[str, Any]:
+    with open_store(args.db, readonly=True) as store:
+        if args.checkpoints is None:
+            return verify_store(store, helper=helper)
+        # imported here: the signature checks need cryptography, which takes a while
+        from ledger.checkpoints import (
+            DEFAULT_KEY,
+            key_id_of,
+            load_checkpoints,
+            load_public_key,
+            public_key_path,
+            verify_with_checkpoints,
+        )
+
+        directory = resolve_output_dir(args.checkpoints)
+        key_file = resolve_key(args.public_key or str(public_key_path(
+            Path(DEFAULT_KEY))), must_exist=True)
+        public_key = load_public_key(key_file)
+        return verify_with_checkpoints(
+            store, load_checkpoints(directory, public_key),
+            directory=str(directory.relative_to(sandbox_root())),
+            public_key_name=str(key_file.relative_to(sandbox_root())),
+            key_id=key_id_of(public_key), helper=helper)
+
+
+class _DamageCheck:
+    """:func:`ledger.integrity.damage_report` on a daemon thread (an interrupted
+    verify_chain does not wait for it)."""
+
+    def __init__(self, path: Path, *, then: Callable[[], None] | None = None) -> None:
+        self._report: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self._then = then
+        self._thread = threading.Thread(target=self._run, args=(path,),
+                                        name="verify-chain-integrity", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._report = damage_report(path)
+        except BaseException as exc:  # re-raised on the main thread by result()
+            self._error = exc
+        finally:
+            if self._then is not None:  # this thread's core is free now
+                self._then()
+
+    def result(self) -> dict[str, Any] | None:
+        """The damage report (None: the file passes), once the check is done; raises
+        what damage_report raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._report
+
+
 def main() -> None:
     sys.exit(run(_main))
+
+
+if __name__ == "__main__":
+    main()
