@@ -161,6 +161,8 @@ class Broker:
         self._outbox_bytes = 0
         self._keys = itertools.count(1)
         self.ledger_seen = float("-inf")
+        #: False from a send the backend refused (not connected) until the next answer
+        self.backend_ok = True
         self.head_seq = 0
         self.head_hash = "0" * 64
         #: the ledger's committed head from its last probe reply; PING reports it (the
@@ -178,7 +180,9 @@ class Broker:
 
     @property
     def ledger_up(self) -> bool:
-        return time.monotonic() - self.ledger_seen < self.config.liveness
+        """Heard from within --liveness, and the request path is connected (after a
+        restart the event stream may reconnect before it)."""
+        return self.backend_ok and time.monotonic() - self.ledger_seen < self.config.liveness
 
     # --- loop ----------------------------------------------------------------------
 
@@ -318,7 +322,11 @@ class Broker:
     def _send_backend(self, msg: wire.Message, requests: list[_Waiting], *,
                       batched: bool = False) -> None:
         key = next(self._keys).to_bytes(8, "big")
-        send_frames(self.backend, [key, *wire.encode(msg)], NOBLOCK)
+        try:
+            send_frames(self.backend, [key, *wire.encode(msg)], NOBLOCK)
+        except zmq.Again:
+            self.backend_ok = False
+            raise
         self.inflight[key] = _InFlight(requests, time.monotonic() + self.config.request_timeout,
                                        batched)
         self.inflight_requests += len(requests)
@@ -378,11 +386,14 @@ class Broker:
     def _probe_ledger(self) -> None:
         """Broker -> ledger heartbeat over the request path: any reply proves it alive."""
         ping = wire.Ping(id="broker-probe", actor="broker")
-        with contextlib.suppress(zmq.ZMQError):  # not connected: it is down, as we think
-            self.backend.send_multipart([PROBE_KEY, *wire.encode(ping)], flags=zmq.NOBLOCK)
+        try:
+            send_frames(self.backend, [PROBE_KEY, *wire.encode(ping)], NOBLOCK)
+        except zmq.ZMQError:  # not connected: down, whatever the event stream says
+            self.backend_ok = False
 
     def _on_backend(self, frames: list[bytes]) -> None:
         self.ledger_seen = time.monotonic()
+        self.backend_ok = True
         if frames[0] == PROBE_KEY:
             with contextlib.suppress(CoordinatorError, KeyError, TypeError, ValueError):
                 result = wire.decode(frames[1:]).result or {}

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -274,7 +275,8 @@ def inproc_broker(fake: FakeLedger) -> Iterator[Broker]:
                 break
         while fake.router.poll(50):  # further probes sent before the connection
             fake.router.recv_multipart()
-        broker.ledger_seen = time.monotonic()  # counts as up (as if answered)
+        # counts as up, as if the probe had been answered
+        broker.ledger_seen, broker.backend_ok = time.monotonic(), True
         yield broker
     finally:
         broker.close()
@@ -347,3 +349,22 @@ def test_commands_held_for_a_ledger_that_goes_down_are_refused() -> None:
         finally:
             client.close()
             ctx.destroy(linger=0)
+
+
+def test_heard_on_the_event_stream_but_not_connected_for_requests_is_down(
+        tmp_path: Path) -> None:
+    """After a ledger restart the broker's SUB may reconnect before its DEALER: a
+    heartbeat alone must not make it report the ledger up while requests cannot go."""
+    nobody = f"ipc://{tmp_path}/nobody"
+    broker = Broker(BrokerConfig(front=LOOPBACK_ANY, pub=LOOPBACK_ANY, ledger=nobody,
+                                 ledger_pub=nobody))
+    try:
+        broker.ledger_seen = time.monotonic()  # as if a heartbeat had just come
+        assert broker.ledger_up
+        broker._probe_ledger()  # the backend refuses: no ledger connected
+        assert not broker.ledger_up
+        broker._on_backend([b"\x00" * 8, *wire.encode(wire.Reply(
+            id="broker-probe", ok=True, result={"head_seq": 0, "head_hash": "0" * 64}))])
+        assert broker.ledger_up  # an answer on the request path: connected again
+    finally:
+        broker.close()
