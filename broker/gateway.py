@@ -326,7 +326,8 @@ class Broker:
             send_frames(self.backend, [key, *wire.encode(msg)], NOBLOCK)
         except zmq.Again:
             self.backend_ok = False
-            raise
+            raise CoordinatorError(ErrorCode.LEDGER_UNAVAILABLE,
+                                   "the ledger is not connected; retry later") from None
         self.inflight[key] = _InFlight(requests, time.monotonic() + self.config.request_timeout,
                                        batched)
         self.inflight_requests += len(requests)
@@ -335,11 +336,7 @@ class Broker:
 
     def _forward(self, envelope: list[bytes], msg: wire.Query | wire.Replay) -> None:
         self._admit()
-        try:
-            self._send_backend(msg, [_Waiting(envelope, msg.id)])
-        except zmq.Again:
-            raise CoordinatorError(ErrorCode.LEDGER_UNAVAILABLE,
-                                   "the ledger is not connected; retry later") from None
+        self._send_backend(msg, [_Waiting(envelope, msg.id)])
 
     def _queue_command(self, envelope: list[bytes], msg: wire.CommandMsg,
                        command: dict[str, Any], size: int) -> None:
@@ -360,10 +357,9 @@ class Broker:
         requests = [w for w, _ in outbox]
         try:
             self._send_backend(batch, requests, batched=True)
-        except zmq.Again:
+        except CoordinatorError as exc:  # not connected: none of them was sent
             for waiting in requests:
-                self._refuse(waiting.envelope, waiting.request_id, CoordinatorError(
-                    ErrorCode.LEDGER_UNAVAILABLE, "the ledger is not connected; retry later"))
+                self._refuse(waiting.envelope, waiting.request_id, exc)
 
     def _deliver(self, envelope: list[bytes], msg: wire.Send) -> None:
         target = msg.to or COORDINATOR
