@@ -56,13 +56,13 @@ from typing import Any, Final
 import zmq
 
 from agents.client import AgentClient
-from agents.launch import stop_process
-from broker import protocol as wire
-from broker.gateway import COORDINATOR, DEFAULT_FRONT, DEFAULT_PUB
+from agents.tools.launch import stop_process
 from broker.security import CurvePaths, add_client_args, client_paths
-from ledger.errors import CoordinatorError, ErrorCode
-from ledger.model import EventType
-from ledger.service import install_stop_signals, setup_logging
+from ledger.runtime.service import install_stop_signals, setup_logging
+from schema import wire
+from schema.endpoints import COORDINATOR, DEFAULT_FRONT, DEFAULT_PUB
+from schema.errors import CoordinatorError, ErrorCode
+from schema.vocabulary import EventType
 
 PLANNER: Final = "Liam"
 DEFAULT_WORKER: Final = "Codex"

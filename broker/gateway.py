@@ -39,15 +39,10 @@ from typing import Any
 
 import zmq
 
-from broker import protocol as wire
 from broker.normalise import normalise
-from broker.security import CurveServer, require_local_bind, user_id
-from broker.sockets import NOBLOCK, send_frames
-from ledger.commands import parse_command
-from ledger.errors import CoordinatorError, ErrorCode
-from ledger.plans import utc_now
-from ledger.sandbox import resolve_key
-from ledger.service import (
+from broker.security import CurveServer, user_id
+from ledger.runtime.sandbox import resolve_key
+from ledger.runtime.service import (
     LINGER_MS,
     announce,
     install_stop_signals,
@@ -56,12 +51,20 @@ from ledger.service import (
     settle_heap,
     setup_logging,
 )
+from ledger.runtime.sockets import NOBLOCK, send_frames
+from schema import internal, wire
+from schema.clock import utc_now
+from schema.commands import parse_command
+from schema.endpoints import (
+    COORDINATOR,
+    DEFAULT_FRONT,
+    DEFAULT_LEDGER,
+    DEFAULT_LEDGER_PUB,
+    DEFAULT_PUB,
+    require_local_bind,
+)
+from schema.errors import CoordinatorError, ErrorCode, ProtocolError
 
-DEFAULT_FRONT = "tcp://127.0.0.1:5570"
-DEFAULT_PUB = "tcp://127.0.0.1:5571"
-DEFAULT_LEDGER = "tcp://127.0.0.1:5580"
-DEFAULT_LEDGER_PUB = "tcp://127.0.0.1:5581"
-COORDINATOR = "Mary"
 PROBE_KEY = b"\x00" * 8  # request key of the broker's own liveness probes
 PUB_HWM = 100_000
 
@@ -261,7 +264,7 @@ class Broker:
         try:
             too_big = max((len(f) for f in body), default=0)
             if too_big > wire.MAX_FRAME_BYTES:
-                raise wire.ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
+                raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
                                          f"frame of {too_big} bytes exceeds the limit of "
                                          f"{wire.MAX_FRAME_BYTES}")
             request_id = wire.header_id(body)
@@ -319,7 +322,7 @@ class Broker:
             raise CoordinatorError(ErrorCode.BUSY, f"{waiting} requests in flight "
                                    "(the limit); retry shortly")
 
-    def _send_backend(self, msg: wire.Message, requests: list[_Waiting], *,
+    def _send_backend(self, msg: wire.BaseMessage, requests: list[_Waiting], *,
                       batched: bool = False) -> None:
         key = next(self._keys).to_bytes(8, "big")
         try:
@@ -341,8 +344,8 @@ class Broker:
     def _queue_command(self, envelope: list[bytes], msg: wire.CommandMsg,
                        command: dict[str, Any], size: int) -> None:
         self._admit()
-        if (len(self._outbox) >= wire.MAX_COMMAND_BATCH
-                or self._outbox_bytes + size > wire.MAX_BATCH_BYTES // 2):
+        if (len(self._outbox) >= internal.MAX_COMMAND_BATCH
+                or self._outbox_bytes + size > internal.MAX_BATCH_BYTES // 2):
             self._flush_commands(hold=False)
         self._outbox.append((_Waiting(envelope, msg.id), command))
         self._outbox_bytes += size
@@ -353,7 +356,7 @@ class Broker:
         if not self._outbox or (hold and self.batches_at_ledger >= BATCHES_AT_LEDGER):
             return
         outbox, self._outbox, self._outbox_bytes = self._outbox, [], 0
-        batch = wire.CommandBatch(id=f"batch-{len(outbox)}", commands=[c for _, c in outbox])
+        batch = internal.CommandBatch(id=f"batch-{len(outbox)}", commands=[c for _, c in outbox])
         requests = [w for w, _ in outbox]
         try:
             self._send_backend(batch, requests, batched=True)
@@ -418,15 +421,15 @@ class Broker:
         single REPLY instead is the ledger refusing the whole batch (e.g. its database
         was found damaged): each command gets that error under its own id."""
         try:
-            msg = wire.decode(frames, wire.MAX_REPLY_BYTES)
+            msg = internal.decode(frames, wire.MAX_REPLY_BYTES)
         except CoordinatorError as exc:
             log.warning("malformed reply from the ledger: %s", exc)
             msg = wire.error_reply(None, CoordinatorError(
                 ErrorCode.LEDGER_UNAVAILABLE, "the ledger's answer could not be read; the "
                 "command may or may not have been applied: retry with the same id"))
-        if isinstance(msg, wire.ReplyBatch) and len(msg.replies) == len(requests):
+        if isinstance(msg, internal.ReplyBatch) and len(msg.replies) == len(requests):
             return [[wire.PROTOCOL, *parts] for parts in msg.replies]
-        if isinstance(msg, wire.ReplyBatch):
+        if isinstance(msg, internal.ReplyBatch):
             log.warning("the ledger answered %d of %d commands", len(msg.replies),
                         len(requests))
             msg = wire.error_reply(None, CoordinatorError(
@@ -436,13 +439,13 @@ class Broker:
 
     def _on_ledger_pub(self, frames: list[bytes]) -> None:
         self.ledger_seen = time.monotonic()
-        if frames[0] == wire.TOPIC_COMMITTED:
+        if frames[0] == internal.TOPIC_COMMITTED:
             try:
-                batch = wire.decode(frames[1:], wire.MAX_REPLY_BYTES)
+                batch = internal.decode(frames[1:], wire.MAX_REPLY_BYTES)
             except CoordinatorError as exc:
                 log.warning("malformed events from the ledger: %s", exc)
                 return
-            if not isinstance(batch, wire.EventBatch):
+            if not isinstance(batch, internal.EventBatch):
                 log.warning("unexpected %s on the ledger's committed topic", batch.type)
                 return
             for parts in batch.events:

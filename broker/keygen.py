@@ -29,8 +29,8 @@ import zmq.auth
 
 from broker.security import PUBLIC_SUFFIX, SECRET_SUFFIX, load_key_pair
 from ledger.cli.common import emit, parser, run
-from ledger.errors import CoordinatorError, ErrorCode
-from ledger.sandbox import KEYS_DIR, resolve_key, sandbox_root
+from ledger.runtime.sandbox import KEYS_DIR, resolve_key, sandbox_root
+from schema.errors import CoordinatorError, ErrorCode
 
 #: An actor id (ledger.commands.ID_PATTERN) that is also a plain file name.
 NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")

@@ -23,7 +23,6 @@ paths it is given; the CLIs resolve those paths inside the sandbox (``keys/``) f
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import re
@@ -38,58 +37,20 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from ledger.commands import ID_PATTERN
-from ledger.errors import CoordinatorError, ErrorCode
-from ledger.sandbox import resolve_key
+from ledger.runtime.sandbox import resolve_key
+from schema.errors import CoordinatorError, ErrorCode
+from schema.ids import ID_PATTERN
 
 #: ZAP domain of the broker's CURVE sockets (the authenticator answers only for it).
 ZAP_DOMAIN: Final = "l3bus"
 PUBLIC_SUFFIX: Final = ".key"
 SECRET_SUFFIX: Final = ".key_secret"
-#: Transports that never leave the machine.
-LOCAL_TRANSPORTS: Final = ("ipc", "inproc")
-LOOPBACK_NAMES: Final = ("localhost",)
 #: User-Id given to a key that passed ZAP but has no name (cannot happen unless the
 #: allowlist changes under us); it matches no actor, so every request is refused.
 NO_IDENTITY: Final = "?"
 
 log = logging.getLogger("security")
 _ACTOR = re.compile(ID_PATTERN)
-
-
-# --- the bind policy --------------------------------------------------------------------
-
-
-def is_local_endpoint(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on a loopback address; False for anything
-    reachable from another machine (tcp://*, tcp://0.0.0.0, a LAN address, a host or
-    interface name) and for every other transport."""
-    transport, sep, rest = endpoint.partition("://")
-    if not sep:
-        return False
-    if transport in LOCAL_TRANSPORTS:
-        return True
-    if transport != "tcp" or ";" in rest:
-        return False
-    host = rest.rpartition(":")[0]
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def require_local_bind(endpoint: str, field: str, *, why: str) -> None:
-    """Refuse (INSECURE_BIND) to bind ``endpoint`` unless it stays on this machine."""
-    if not is_local_endpoint(endpoint):
-        raise CoordinatorError(
-            ErrorCode.INSECURE_BIND,
-            f"{endpoint}: {why} binds only to loopback (tcp://127.0.0.1:PORT, "
-            "tcp://[::1]:PORT) or ipc://", field=field,
-            details={"endpoint": endpoint})
 
 
 # --- key files ----------------------------------------------------------------------------

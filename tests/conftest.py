@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ledger.memory import MemoryStore
-from ledger.persistence import Store
-from ledger.plans import Ledger
-from ledger.sqlite import SqliteStore
-from tests.helpers import SCENARIO_DIR, Cmds, init_db
+from ledger.plans.ledger import Ledger
+from ledger.storage.base import Store
+from ledger.storage.memory import MemoryStore
+from ledger.storage.sqlite import SqliteStore
+from tests.support.helpers import SCENARIO_DIR, Cmds, init_db
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ledger.errors import CoordinatorError, ErrorCode, StorageError
-from ledger.sandbox import DEFAULT_DB, resolve_db
-from ledger.sqlite import SqliteStore
+from ledger.runtime.sandbox import DEFAULT_DB, resolve_db
+from ledger.storage.sqlite import SqliteStore
+from schema.errors import CoordinatorError, ErrorCode, StorageError
 
 EXIT_FAILED_CHECK = 1
 EXIT_BAD_INPUT = 2

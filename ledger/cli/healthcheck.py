@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ledger.cli.common import EXIT_FAILED_CHECK, add_db_arg, emit, parser, run
-from ledger.health import check_database, check_l3_flow
+from ledger.cli.health import check_database, check_l3_flow
 
 DESCRIPTION = """Default: open the database and verify its chain and state.
 --extended: also run init_db + the L3_PLAN_FLOW_001 scenario + verify_chain + list-plans +

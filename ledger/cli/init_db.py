@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from ledger import sqlite
 from ledger.cli.common import add_db_arg, emit, open_store, parser, run
-from ledger.sandbox import resolve_db, sandbox_root
+from ledger.runtime.sandbox import resolve_db, sandbox_root
+from ledger.storage import sqlite
 
 
 def _main(argv: list[str]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ledger.cli.common import add_db_arg, emit, open_store, parser, run
-from ledger.queries import list_sessions, summary, timeline
+from ledger.queries.reads import list_sessions, summary, timeline
 
 EPILOG = """examples:
   bin/os_l2_query session-timeline --session-id S-L3-DEMO-001

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 
 from ledger.cli.common import EXIT_FAILED_CHECK, add_db_arg, emit, open_store, parser, run
-from ledger.plans import Ledger
-from ledger.queries import list_items, list_plans, show_plan
-from ledger.sandbox import resolve_scenario
-from ledger.scenario import apply_scenario, load_scenario
+from ledger.plans.ledger import Ledger
+from ledger.plans.scenario import apply_scenario
+from ledger.queries.reads import list_items, list_plans, show_plan
+from ledger.runtime.sandbox import resolve_scenario
+from schema.scenario import load_scenario
 
 EPILOG = """examples:
   bin/os_l3_plan apply-scenario scenarios/L3_PLAN_FLOW_001.json

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from ledger.cli.common import add_db_arg, emit, open_store, parser, run
-from ledger.sandbox import resolve_output_dir, sandbox_root
-from ledger.truth import write_snapshot
+from ledger.queries.truth import write_snapshot
+from ledger.runtime.sandbox import resolve_output_dir, sandbox_root
 
 
 def _main(argv: list[str]) -> int:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from ledger.cli.common import EXIT_FAILED_CHECK, add_db_arg, emit, open_store, parser, run
-from ledger.integrity import damage_report
-from ledger.sandbox import resolve_db, resolve_key, resolve_output_dir, sandbox_root
-from ledger.verify import verify_store
-from ledger.verify_parallel import ChainHelper
+from ledger.log.integrity import damage_report
+from ledger.log.verify import verify_store
+from ledger.log.verify_parallel import ChainHelper
+from ledger.runtime.sandbox import resolve_db, resolve_key, resolve_output_dir, sandbox_root
 
 #: A database file this big gets a helper process for the chain checks (about 60,000
 #: events; below that, starting it costs more than it saves).
@@ -92,7 +92,7 @@ def _verify(args: argparse.Namespace, helper: ChainHelper | None) -> dict[str, A
         if args.checkpoints is None:
             return verify_store(store, helper=helper)
         # imported here: the signature checks need cryptography, which takes a while
-        from ledger.checkpoints import (
+        from ledger.log.checkpoints import (
             DEFAULT_KEY,
             key_id_of,
             load_checkpoints,

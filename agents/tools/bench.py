@@ -1,0 +1,465 @@
+"""bin/bench: measure the whole bus against its own limit, in one run.
+
+1. in-process limit: the core applying the command mix with group commit (batches of
+   agents x window, the most the ledger can see at once), same durability, no sockets;
+2. the whole bus: ledger + broker processes, K agent connections with W commands in
+   flight each, the same mix; a separate monitor process follows the event stream;
+3. the ratio of (2) to (1);
+then latency at a fixed offered load, verify_chain throughput on a database of
+--verify-events events, and the ledger's start time on it.
+
+The mix: ~20% ADD_ITEM, ~40% UPDATE_ITEM, ~35% STATE_CHANGE, ~5% stale versions (each
+answered CONFLICT). Every connection works on its own items, so every outcome is known
+in advance and checked: a benchmark that loses or misapplies commands says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from agents.client import AgentClient
+from agents.tools.launch import spawn, start_bus
+from ledger.log.verify import verify_chain_only, verify_store
+from ledger.log.verify_parallel import ChainHelper
+from ledger.plans.ledger import Ledger
+from ledger.runtime.service import announce
+from ledger.runtime.sockets import NOBLOCK, send_frames
+from ledger.storage import sqlite
+from ledger.storage.sqlite import SqliteStore
+from schema import wire
+
+PLAN = "P-BENCH"
+
+
+@dataclass
+class Workload:
+    """Pre-generated commands per connection, with the status each must get."""
+
+    streams: list[list[dict[str, Any]]] = field(default_factory=list)
+    expected: list[list[str]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(len(s) for s in self.streams)
+
+
+def make_workload(agents: int, per_agent: int, seed: int = 7, stale: float = 0.05) -> Workload:
+    rng = random.Random(seed)
+    work = Workload()
+    for k in range(agents):
+        actor = f"bench-{k}"
+        versions: dict[str, int] = {}
+        states: dict[str, str] = {}
+        items: list[str] = []  # rng.choice needs a sequence; list(versions) would be O(n)
+        cmds: list[dict[str, Any]] = []
+        expect: list[str] = []
+        n = 0
+        while len(cmds) < per_agent:
+            n += 1
+            cid = f"{actor}:{n}"
+            r = rng.random()
+            if not versions or r < 0.20:
+                item = f"I-{k}-{len(versions)}"
+                versions[item], states[item] = 1, "TODO"
+                items.append(item)
+                cmds.append({"command_id": cid, "actor": actor, "action": "ADD_ITEM",
+                             "plan_id": PLAN, "item_id": item, "title": f"task {item}"})
+                expect.append("APPLIED")
+                continue
+            item = rng.choice(items)
+            version = versions[item]
+            if rng.random() < stale and version > 1:
+                cmds.append({"command_id": cid, "actor": actor, "action": "UPDATE_ITEM",
+                             "item_id": item, "expected_version": version - 1,
+                             "change": {"priority": rng.randint(0, 9)}})
+                expect.append("CONFLICT")
+            elif r < 0.62:
+                cmds.append({"command_id": cid, "actor": actor, "action": "UPDATE_ITEM",
+                             "item_id": item, "expected_version": version,
+                             "change": {"priority": rng.randint(0, 9)}})
+                versions[item] += 1
+                expect.append("APPLIED")
+            else:
+                nxt = "IN_PROGRESS" if states[item] == "TODO" else "TODO"
+                cmds.append({"command_id": cid, "actor": actor, "action": "STATE_CHANGE",
+                             "item_id": item, "expected_version": version,
+                             "change": {"state": nxt}})
+                versions[item] += 1
+                states[item] = nxt
+                expect.append("APPLIED")
+        work.streams.append(cmds)
+        work.expected.append(expect)
+    return work
+
+
+def _create_plan(session: str) -> dict[str, Any]:
+    return {"command_id": "bench:plan", "actor": "bench", "session_id": session,
+            "action": "CREATE_PLAN", "plan_id": PLAN, "title": "benchmark"}
+
+
+def in_process_limit(work: Workload, db: Path, durability: sqlite.Durability,
+                     batch: int) -> dict[str, Any]:
+    sqlite.initialise(db)
+    with SqliteStore(db, durability=durability) as store:
+        ledger = Ledger(store)
+        ledger.apply(_create_plan("bench"))
+        # interleave the streams as the ledger would see them from K connections
+        merged: list[tuple[dict[str, Any], str]] = []
+        for i in range(max(len(s) for s in work.streams)):
+            for cmds, exp in zip(work.streams, work.expected, strict=True):
+                if i < len(cmds):
+                    merged.append(({**cmds[i], "session_id": "bench"}, exp[i]))
+        wrong = 0
+        started = time.perf_counter()
+        for at in range(0, len(merged), batch):
+            chunk = merged[at:at + batch]
+            results = ledger.apply_many([c for c, _ in chunk])
+            wrong += sum(r.status != e for r, (_, e) in zip(results, chunk, strict=True))
+        elapsed = time.perf_counter() - started
+    return {"commands": len(merged), "seconds": elapsed, "commands_per_s": len(merged) / elapsed,
+            "batch": batch, "wrong_outcomes": wrong}
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {"p50_ms": 0.0, "p99_ms": 0.0, "p999_ms": 0.0}
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "p999_ms": at(0.999)}
+
+
+def drive(front: str, work: Workload, window: int, session: str) -> dict[str, Any]:
+    """K DEALER connections, ``window`` commands in flight on each, pre-encoded frames."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    socks = []
+    frames: list[list[list[bytes]]] = []
+    for cmds in work.streams:
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm = sock.rcvhwm = 0
+        sock.connect(front)
+        socks.append(sock)
+        frames.append([wire.encode(wire.CommandMsg(
+            id=c["command_id"], actor=c["actor"], session_id=session,
+            command={k: v for k, v in c.items() if k not in ("command_id", "actor")}))
+            for c in cmds])
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    index = {sock: i for i, sock in enumerate(socks)}
+    next_send = [0] * len(socks)
+    sent_at: list[dict[str, float]] = [{} for _ in socks]
+    latencies: list[float] = []
+    wrong = errors = 0
+    done = 0
+    total = work.total
+    started = time.perf_counter()
+    for i, sock in enumerate(socks):
+        while next_send[i] < min(window, len(frames[i])):
+            sent_at[i][work.streams[i][next_send[i]]["command_id"]] = time.perf_counter()
+            send_frames(sock, frames[i][next_send[i]])
+            next_send[i] += 1
+    deadline = started + 120
+    while done < total and time.perf_counter() < deadline:
+        for sock, _ in poller.poll(1000):
+            i = index[sock]
+            while True:
+                try:
+                    reply = sock.recv_multipart(NOBLOCK)
+                except zmq.Again:
+                    break
+                now = time.perf_counter()
+                header = wire.unpack(reply[1])
+                body = wire.unpack(reply[2])
+                t0 = sent_at[i].pop(header["id"], None)
+                if t0 is None:
+                    continue
+                latencies.append(now - t0)
+                done += 1
+                n = int(header["id"].rsplit(":", 1)[1]) - 1
+                if body.get("status") is None:
+                    errors += 1
+                elif body["status"] != work.expected[i][n]:
+                    wrong += 1
+                if next_send[i] < len(frames[i]):
+                    cmd_id = work.streams[i][next_send[i]]["command_id"]
+                    sent_at[i][cmd_id] = time.perf_counter()
+                    send_frames(sock, frames[i][next_send[i]])
+                    next_send[i] += 1
+    elapsed = time.perf_counter() - started
+    for sock in socks:
+        sock.close()
+    ctx.term()
+    return {"commands": total, "answered": done, "seconds": elapsed,
+            "commands_per_s": done / elapsed, "wrong_outcomes": wrong, "errors": errors,
+            **_percentiles(latencies)}
+
+
+def fixed_rate(front: str, rate: float, seconds: float, session: str) -> dict[str, Any]:
+    """Open-loop load: send at scheduled times whatever the replies do; latency per reply."""
+    count = int(rate * seconds)
+    work = make_workload(1, count, seed=11)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(front)
+    cmds = work.streams[0]
+    for c in cmds:  # its own ids, on the same plan as the main run
+        c["command_id"] = "rate-" + c["command_id"]
+        c["actor"] = "rate-" + c["actor"]
+        c["item_id"] = "R" + c["item_id"]
+    frames = [wire.encode(wire.CommandMsg(
+        id=c["command_id"], actor=c["actor"], session_id=session,
+        command={k: v for k, v in c.items() if k not in ("command_id", "actor")}))
+        for c in cmds]
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    start = time.perf_counter()
+    i = 0
+    while (i < count or sent_at) and time.perf_counter() < start + seconds + 10:
+        now = time.perf_counter()
+        while i < count and start + i / rate <= now:
+            sent_at[cmds[i]["command_id"]] = time.perf_counter()
+            send_frames(sock, frames[i])
+            i += 1
+        # at least 1 ms: a 0 ms poll would spin and steal a core from the bus under test
+        wait_ms = max(1, int(((start + i / rate) - time.perf_counter()) * 1000)) if i < count \
+            else 200
+        if sock.poll(wait_ms):
+            while True:
+                try:
+                    reply = sock.recv_multipart(NOBLOCK)
+                except zmq.Again:
+                    break
+                t0 = sent_at.pop(wire.unpack(reply[1])["id"], None)
+                if t0 is not None:
+                    latencies.append(time.perf_counter() - t0)
+    sock.close()
+    ctx.term()
+    return {"offered_per_s": rate, "commands": count, "answered": len(latencies),
+            **_percentiles(latencies)}
+
+
+def monitor_child(pub: str, first: int, last: int, timeout: float) -> None:
+    """Run in a separate process: count events first..last seen on the live stream."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.rcvhwm = 0
+    sub.setsockopt(zmq.SUBSCRIBE, wire.TOPIC_EVENT)
+    sub.setsockopt(zmq.SUBSCRIBE, wire.TOPIC_HEARTBEAT)
+    sub.connect(pub)
+    # handshake: the first heartbeat proves the subscription has reached the publisher
+    if not sub.poll(int(timeout * 1000)):
+        announce({"ok": False, "error": {"code": "TIMEOUT", "message": "no heartbeat"}})
+        return
+    sub.recv_multipart()
+    sub.setsockopt(zmq.UNSUBSCRIBE, wire.TOPIC_HEARTBEAT)
+    announce({"ok": True, "ready": True, "role": "bench-monitor"})
+    seen: set[int] = set()
+    dupes = 0
+    t_first = t_last = 0.0
+    expected = last - first + 1
+    deadline = time.monotonic() + timeout
+    while len(seen) < expected and time.monotonic() < deadline:
+        if not sub.poll(200):
+            continue
+        for _ in range(1000):  # everything already here, without a poll per event
+            try:
+                frames = sub.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                break
+            if frames[0] != wire.TOPIC_EVENT:
+                continue
+            seq = int(wire.unpack(frames[2])["id"])
+            t_first = t_first or time.perf_counter()
+            if seq in seen:
+                dupes += 1
+            seen.add(seq)
+        t_last = time.perf_counter()
+    sub.close()
+    ctx.term()
+    missing = [s for s in range(first, last + 1) if s not in seen]
+    rate = (len(seen) - 1) / (t_last - t_first) if t_last > t_first else 0.0
+    print(json.dumps({"received": len(seen), "duplicates": dupes, "missing": len(missing),
+                      "events_per_s": rate,
+                      "saw_every_event": not missing}), flush=True)
+
+
+def verify_run(db: Path, events: int, sandbox: Path) -> dict[str, Any]:
+    """Fill a database with ``events`` events, then time verify_chain and ledger start."""
+    sqlite.initialise(db)
+    with SqliteStore(db, durability="off") as store:
+        ledger = Ledger(store)
+        have = store.head()[0]
+        if have < events:
+            work = make_workload(1, events - have - 1, seed=3)
+            ledger.apply(_create_plan("fill"))
+            cmds = [{**c, "session_id": "fill"} for c in work.streams[0]]
+            for at in range(0, len(cmds), 2000):
+                ledger.apply_many(cmds[at:at + 2000])
+        n = store.head()[0]
+    # what the operator runs: bin/verify_chain, start to exit (integrity check, chain,
+    # replay and tables); then the chain checks alone, in process
+    started = time.perf_counter()
+    done = subprocess.run([str(Path(sys.executable).parent / "os-verify-chain"), "--db",
+                           str(db.relative_to(sandbox))], capture_output=True, check=False,
+                          env={**os.environ, "OS_SANDBOX_ROOT": str(sandbox)})
+    elapsed = time.perf_counter() - started
+    report = json.loads(done.stdout)
+    # the verification proper (chain + replay + tables, with the helper process as the
+    # CLI uses it), without the file check; then the chain checks alone
+    with SqliteStore(db, readonly=True) as store:
+        helper = ChainHelper(db)
+        try:
+            started = time.perf_counter()
+            verify_store(store, helper=helper)
+            store_s = time.perf_counter() - started
+        finally:
+            helper.close()
+    with SqliteStore(db, readonly=True) as store:
+        started = time.perf_counter()
+        chain = verify_chain_only(store)
+        chain_s = time.perf_counter() - started
+    rel = str(db.relative_to(sandbox))
+    # start to ready line, median of 3 per mode: the default (background: tail check,
+    # then the page check while serving), then full and tail explicitly
+    starts: dict[str, float] = {}
+    for mode, extra in (("default", []), ("full", ["--startup-check", "full"]),
+                        ("tail", ["--startup-check", "tail"])):
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            child = spawn("ledger", "ledger.server",
+                          ["--db", rel, "--bind", "tcp://127.0.0.1:*",
+                           "--pub", "tcp://127.0.0.1:*", *extra],
+                          env={"OS_SANDBOX_ROOT": str(sandbox)})
+            times.append(time.perf_counter() - started)
+            child.stop()
+        starts[mode] = sorted(times)[1]
+    return {"events": n, "verify_seconds": elapsed, "verify_events_per_s": n / elapsed,
+            "verify_store_events_per_s": n / store_s,
+            "chain_only_events_per_s": n / chain_s, "chain_ok": chain.ok,
+            "chain_status": report["chain_status"], "ledger_start_seconds": starts["default"],
+            "ledger_start_full_seconds": starts["full"],
+            "ledger_start_tail_seconds": starts["tail"]}
+
+
+def _table(results: dict[str, Any]) -> str:
+    ip, bus, rate, ver = (results.get(k, {}) for k in ("in_process", "bus", "fixed_rate",
+                                                        "verify"))
+    mon = results.get("monitor", {})
+    rows = [
+        ("in-process limit (group commit)", f"{ip.get('commands_per_s', 0):,.0f} cmd/s",
+         f"batch {ip.get('batch')}, wrong outcomes {ip.get('wrong_outcomes')}"),
+        ("whole bus", f"{bus.get('commands_per_s', 0):,.0f} cmd/s",
+         f"p50 {bus.get('p50_ms', 0):.2f} ms, p99 {bus.get('p99_ms', 0):.2f} ms, "
+         f"p99.9 {bus.get('p999_ms', 0):.2f} ms; wrong {bus.get('wrong_outcomes')}, "
+         f"errors {bus.get('errors')}"),
+        ("bus / in-process", f"{results.get('ratio', 0):.1%}", ""),
+        ("monitor", f"{mon.get('events_per_s', 0):,.0f} events/s",
+         f"received {mon.get('received')}, missing {mon.get('missing')}, duplicates "
+         f"{mon.get('duplicates')}, saw every event: {mon.get('saw_every_event')}"),
+        (f"fixed load {rate.get('offered_per_s', 0):,.0f}/s",
+         f"p50 {rate.get('p50_ms', 0):.2f} ms", f"p99 {rate.get('p99_ms', 0):.2f} ms, "
+         f"p99.9 {rate.get('p999_ms', 0):.2f} ms, answered {rate.get('answered')}"),
+        (f"verify_chain on {ver.get('events', 0):,} events",
+         f"{ver.get('verify_events_per_s', 0):,.0f} events/s",
+         f"bin/verify_chain end to end: {ver.get('verify_seconds', 0):.2f} s, "
+         f"{ver.get('chain_status')} (integrity_check + links + hashes + replay); "
+         f"without integrity_check {ver.get('verify_store_events_per_s', 0):,.0f} events/s; "
+         f"links + hashes alone {ver.get('chain_only_events_per_s', 0):,.0f} events/s"),
+        ("ledger start on that database", f"{ver.get('ledger_start_seconds', 0):.3f} s",
+         f"default (background page check); full (pages before serving): "
+         f"{ver.get('ledger_start_full_seconds', 0):.3f} s, tail: "
+         f"{ver.get('ledger_start_tail_seconds', 0):.3f} s; medians of 3"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    cfg = results["config"]
+    head = (f"bench: agents={cfg['agents']} window={cfg['window']} commands={cfg['commands']} "
+            f"durability={cfg['durability']}")
+    return "\n".join([head, "-" * len(head)] + [f"{a:<{width}}  {b:>18}  {c}" for a, b, c in rows])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["monitor-child"]:
+        monitor_child(argv[1], int(argv[2]), int(argv[3]), float(argv[4]))
+        return
+    p = argparse.ArgumentParser(prog="bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agents", type=int, default=4, help="agent connections K (default 4)")
+    p.add_argument("--window", type=int, default=16,
+                   help="commands in flight per connection W (default 16)")
+    p.add_argument("--commands", type=int, default=20_000, help="total commands (default 20000)")
+    p.add_argument("--durability", choices=("full", "normal"), default="full",
+                   help="full: fsync per commit group (default); normal: no fsync")
+    p.add_argument("--rate", type=float, default=1000, help="fixed offered load (default 1000/s)")
+    p.add_argument("--rate-seconds", type=float, default=5, help="for how long (default 5)")
+    p.add_argument("--verify-events", type=int, default=100_000,
+                   help="events in the verify/start database (default 100000)")
+    p.add_argument("--out", default=None, help="JSON output (default logs/bench/<time>.json)")
+    args = p.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    (tmp / "data").mkdir()
+    env = {"OS_SANDBOX_ROOT": str(tmp)}
+    results: dict[str, Any] = {"config": vars(args) | {"python": sys.version.split()[0],
+                                                      "cpus": os.cpu_count()}}
+    per_agent = max(1, args.commands // args.agents)
+    work = make_workload(args.agents, per_agent)
+    try:
+        print("in-process limit ...", file=sys.stderr, flush=True)
+        results["in_process"] = in_process_limit(work, tmp / "data" / "inproc.db",
+                                                 args.durability, args.agents * args.window)
+        print("whole bus ...", file=sys.stderr, flush=True)
+        with start_bus("data/bus.db", env=env, ledger_args=["--durability", args.durability],
+                       log_dir=tmp) as bus:
+            with AgentClient(bus.front, "bench") as client:
+                client.wait_ready()
+                client.send_command({k: v for k, v in _create_plan("bench").items()
+                                     if k not in ("command_id", "actor", "session_id")},
+                                    command_id="bench:plan")
+            # seq 1 is the plan; then one event per command (conflicts included)
+            mon = subprocess.Popen([sys.executable, "-m", "agents.tools.bench", "monitor-child",
+                                    bus.pub, "2", str(1 + work.total), "120"],
+                                   stdout=subprocess.PIPE, text=True)
+            assert mon.stdout is not None
+            mon.stdout.readline()  # ready: its subscription has reached the broker
+            results["bus"] = drive(bus.front, work, args.window, "bench")
+            out, _ = mon.communicate(timeout=150)
+            results["monitor"] = json.loads(out.strip().splitlines()[-1])
+            print("fixed rate ...", file=sys.stderr, flush=True)
+            results["fixed_rate"] = fixed_rate(bus.front, args.rate, args.rate_seconds, "rate")
+        results["ratio"] = (results["bus"]["commands_per_s"]
+                            / results["in_process"]["commands_per_s"])
+        print(f"verify_chain on {args.verify_events:,} events ...", file=sys.stderr, flush=True)
+        results["verify"] = verify_run(tmp / "data" / "big.db", args.verify_events, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(_table(results))
+    path = Path(args.out) if args.out else Path("logs/bench") / (
+        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + ".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""L2 queries: plans, items, sessions, timelines, summaries; the truth snapshot."""

@@ -1,0 +1,112 @@
+"""Row types of the L0 state (plans, items, links) and of the L1 event log, as stored.
+
+The vocabulary (states, kinds, event types, the event columns) is part of the contract
+and lives in :mod:`schema.vocabulary`; the L3 rules over it in :mod:`ledger.plans.rules`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    plan_id: str
+    title: str
+    owner_agent: str
+    status: str
+    version: int
+    created_ts: str
+    updated_ts: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_changes(self, **kw: Any) -> Plan:
+        return replace(self, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    item_id: str
+    plan_id: str
+    kind: str
+    title: str
+    state: str
+    priority: int
+    assigned_to: str | None
+    due_ts: str | None
+    version: int
+    created_ts: str
+    updated_ts: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_changes(self, **kw: Any) -> Item:
+        # not dataclasses.replace: this runs once per replayed event in verify_chain
+        fields: dict[str, Any] = {
+            "item_id": self.item_id, "plan_id": self.plan_id, "kind": self.kind,
+            "title": self.title, "state": self.state, "priority": self.priority,
+            "assigned_to": self.assigned_to, "due_ts": self.due_ts,
+            "version": self.version, "created_ts": self.created_ts,
+            "updated_ts": self.updated_ts}
+        fields.update(kw)
+        return Item(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    link_id: str
+    plan_id: str
+    from_item_id: str
+    to_item_id: str
+    link_type: str
+    created_ts: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One L1 event row. ``payload`` is the stored canonical JSON text."""
+
+    seq: int
+    event_id: str
+    ts: str
+    event_type: str
+    session_id: str
+    task_id: str | None
+    actor: str
+    plan_id: str | None
+    item_id: str | None
+    command_id: str | None
+    payload: str
+    prev_hash: str
+    hash: str
+
+    def to_row(self) -> dict[str, Any]:
+        # spelled out: dataclasses.asdict deep-copies and is the hot spot of verify_chain
+        return {"seq": self.seq, "event_id": self.event_id, "ts": self.ts,
+                "event_type": self.event_type, "session_id": self.session_id,
+                "task_id": self.task_id, "actor": self.actor, "plan_id": self.plan_id,
+                "item_id": self.item_id, "command_id": self.command_id,
+                "payload": self.payload, "prev_hash": self.prev_hash, "hash": self.hash}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row with ``payload`` parsed, as printed by timelines and sent on the wire."""
+        out = self.to_row()
+        out["payload"] = json.loads(self.payload)
+        return out
+
+
+@dataclass(slots=True)
+class State:
+    """The whole L0 plan state, used by replay and the in-memory store."""
+
+    plans: dict[str, Plan] = field(default_factory=dict)
+    items: dict[str, Item] = field(default_factory=dict)
+    links: dict[str, Link] = field(default_factory=dict)

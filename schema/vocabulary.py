@@ -1,0 +1,56 @@
+"""The vocabulary of plans and of the event log: item states, plan statuses, item kinds,
+link types, event types, and the columns of an event row (in hash-preimage order).
+
+These values cross every boundary: scenario files, wire messages, the database and the
+hash preimage (docs/HASH_CHAIN.md). Spec pack sections 2.1 (tables) and 2.2 (L1 event
+types); PLAN_UPDATED and PLAN_LINK_ADDED are ours.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+ItemState = Literal["TODO", "IN_PROGRESS", "DONE", "BLOCKED"]
+ITEM_STATES: Final = ("TODO", "IN_PROGRESS", "DONE", "BLOCKED")
+PlanStatus = Literal["ACTIVE", "ARCHIVED"]
+PLAN_STATUSES: Final = ("ACTIVE", "ARCHIVED")
+ItemKind = Literal["TASK", "NOTE", "CHECK"]
+LinkType = Literal["DEPENDS_ON", "RELATED"]
+
+class EventType:
+    PLAN_CREATED: Final = "PLAN_CREATED"
+    PLAN_UPDATED: Final = "PLAN_UPDATED"
+    PLAN_ITEM_ADDED: Final = "PLAN_ITEM_ADDED"
+    PLAN_ITEM_UPDATED: Final = "PLAN_ITEM_UPDATED"
+    PLAN_ITEM_STATE_CHANGED: Final = "PLAN_ITEM_STATE_CHANGED"
+    PLAN_LINK_ADDED: Final = "PLAN_LINK_ADDED"
+    PLAN_CONFLICT_DETECTED: Final = "PLAN_CONFLICT_DETECTED"
+
+
+EVENT_TYPES: Final = (
+    EventType.PLAN_CREATED,
+    EventType.PLAN_UPDATED,
+    EventType.PLAN_ITEM_ADDED,
+    EventType.PLAN_ITEM_UPDATED,
+    EventType.PLAN_ITEM_STATE_CHANGED,
+    EventType.PLAN_LINK_ADDED,
+    EventType.PLAN_CONFLICT_DETECTED,
+)
+
+
+#: Column order of the events table; the hash preimage covers all but ``hash``.
+EVENT_COLUMNS: Final = (
+    "seq",
+    "event_id",
+    "ts",
+    "event_type",
+    "session_id",
+    "task_id",
+    "actor",
+    "plan_id",
+    "item_id",
+    "command_id",
+    "payload",
+    "prev_hash",
+    "hash",
+)

@@ -1,0 +1,1 @@
+"""Tests of agents/: the client library, simulated agents, monitor."""

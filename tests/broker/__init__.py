@@ -1,0 +1,1 @@
+"""Tests of broker/ and the wire contracts in schema/."""

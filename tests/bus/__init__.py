@@ -1,0 +1,1 @@
+"""Whole-bus tests: real ledger and broker processes, faults, crashes, raw clients."""

@@ -1,0 +1,1 @@
+"""Tests of ledger/: storage, log, plans, queries, the ledger process and its CLIs."""

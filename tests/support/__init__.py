@@ -1,0 +1,1 @@
+"""Harness modules shared by the tests (helpers, load generators, tamper campaigns)."""
