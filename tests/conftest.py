@@ -1,18 +1,22 @@
-"""Shared fixtures: stores of every backend, a ledger over them, a sandbox root."""
+"""Shared fixtures: stores of every backend, a ledger over them, a sandbox root, ledger and
+broker processes (tests/support/buses.py), ZeroMQ contexts and sockets
+(tests/support/sockets.py) that are always stopped and closed at teardown."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agents.tools.launch import Bus
 from ledger.plans.ledger import Ledger
 from ledger.storage.base import Store
 from ledger.storage.memory import MemoryStore
 from ledger.storage.sqlite import SqliteStore
-from tests.support.helpers import SCENARIO_DIR, Cmds, init_db
+from tests.support.buses import BusFactory
+from tests.support.helpers import Cmds, init_db, make_sandbox
+from tests.support.sockets import Context, SocketFactory, ZmqTracker
 
 
 @pytest.fixture
@@ -53,8 +57,65 @@ def cmds() -> Cmds:
 @pytest.fixture
 def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """OS_SANDBOX_ROOT pointing at a fresh directory holding a copy of scenarios/."""
-    root = tmp_path / "sbx"
-    root.mkdir()
-    shutil.copytree(SCENARIO_DIR, root / "scenarios")
+    root = make_sandbox(tmp_path)
     monkeypatch.setenv("OS_SANDBOX_ROOT", str(root))
     return root
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bus_factory(sandbox: Path) -> Iterator[BusFactory]:
+    """Starts ledgers, brokers and buses in ``sandbox``; stops them all after the test."""
+    factory = BusFactory(sandbox)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def bus(bus_factory: BusFactory) -> Bus:
+    """A ledger and a broker on ``data/bus.db``, the ledger reported up by the broker."""
+    return bus_factory.start(ready=True)
+
+
+@pytest.fixture(scope="module")
+def module_bus_factory(request: pytest.FixtureRequest,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[BusFactory]:
+    """One factory (and sandbox root) for a whole test module, for files whose tests
+    share one bus; its processes are stopped after the module's last test."""
+    name = request.module.__name__.rpartition(".")[2]
+    factory = BusFactory(make_sandbox(tmp_path_factory.mktemp(name)))
+    yield factory
+    factory.close()
+
+
+# --- ZeroMQ ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def zmq_tracker() -> Iterator[ZmqTracker]:
+    tracker = ZmqTracker()
+    yield tracker
+    tracker.close()
+
+
+@pytest.fixture
+def zmq_ctx(zmq_tracker: ZmqTracker) -> Context:
+    """A ZeroMQ context destroyed (every socket on it closed, linger 0) after the test."""
+    return zmq_tracker.context()
+
+
+@pytest.fixture
+def zmq_socket(zmq_tracker: ZmqTracker, zmq_ctx: Context) -> SocketFactory:
+    """``zmq_socket(zmq.DEALER)``: a socket on ``zmq_ctx`` with linger 0, closed after
+    the test."""
+    return lambda kind: zmq_tracker.socket(kind, zmq_ctx)
+
+
+@pytest.fixture(scope="module")
+def module_zmq_ctx() -> Iterator[Context]:
+    """A ZeroMQ context for module-scoped fixtures, destroyed after the module."""
+    tracker = ZmqTracker()
+    yield tracker.context()
+    tracker.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from contextlib import closing
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.helpers import SCENARIO_DIR, drop_append_only_triggers, raw_connect
+from tests.support.helpers import drop_append_only_triggers, make_sandbox, raw_connect
 
 BIN = Path(sys.executable).parent
 DB = Path("data") / "os_sandbox.db"
@@ -32,13 +31,6 @@ class Run:
     rc: int
     out: dict[str, Any]
     err: str
-
-
-def make_sandbox(base: Path) -> Path:
-    root = base / "sbx"
-    root.mkdir(parents=True)
-    shutil.copytree(SCENARIO_DIR, root / "scenarios")
-    return root
 
 
 def cli(root: Path, name: str, *args: str, rc: int | None = 0) -> Run:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import sqlite3
 from collections.abc import Iterable, Mapping
 from contextlib import closing
@@ -151,6 +152,14 @@ def make_chain(n: int, **overrides: Any) -> list[Event]:
         events.append(ev)
         prev = ev.hash
     return events
+
+
+def make_sandbox(base: Path) -> Path:
+    """``base/sbx`` holding a copy of scenarios/: a root for OS_SANDBOX_ROOT."""
+    root = base / "sbx"
+    root.mkdir(parents=True)
+    shutil.copytree(SCENARIO_DIR, root / "scenarios")
+    return root
 
 
 def init_db(path: Path) -> Path:
