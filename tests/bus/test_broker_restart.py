@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.client import AgentClient
-from agents.tools.launch import start_bus
 from agents.tools.monitor import BROKER_RESUMED, BROKER_SILENT, Alert, EventFollower
 from ledger.storage.sqlite import SqliteStore
+from tests.support.buses import BusFactory
 from tests.support.fault_load import Load, Tally, audit, setup_shared
 
 LEDGER_ARGS = ["--heartbeat", "0.2"]
@@ -97,11 +97,11 @@ class FollowerThread(threading.Thread):
                 timeout) and not self.done.is_set()
 
 
-def test_agents_and_a_monitor_survive_broker_kills(tmp_path: Path) -> None:
+def test_agents_and_a_monitor_survive_broker_kills(sandbox: Path,
+                                                   bus_factory: BusFactory) -> None:
     rng = random.Random()
     db = "data/broker-restart.db"
-    bus = start_bus(db, env={"OS_SANDBOX_ROOT": str(tmp_path)}, ledger_args=LEDGER_ARGS,
-                    broker_args=BROKER_ARGS, log_dir=tmp_path)
+    bus = bus_factory.start(db, ledger_args=LEDGER_ARGS, broker_args=BROKER_ARGS)
     tally = Tally()
     follower = FollowerThread(bus.front, bus.pub)
     restarts = 2
@@ -109,7 +109,7 @@ def test_agents_and_a_monitor_survive_broker_kills(tmp_path: Path) -> None:
         setup_shared(bus.front, tally)
         follower.start()
         assert follower.ready.wait(10)
-        load = Load(bus.front, tally, threads=3, processes=1, log_dir=tmp_path)
+        load = Load(bus.front, tally, threads=3, processes=1, log_dir=sandbox)
         ok = False
         try:
             for n in range(restarts):
@@ -142,11 +142,11 @@ def test_agents_and_a_monitor_survive_broker_kills(tmp_path: Path) -> None:
     finally:
         follower.done.set()
         follower.join(10)
-        bus.stop()
+    bus.stop()
     assert follower.error is None, follower.error
     assert not tally.errors, tally.errors
 
-    figures = audit(tmp_path / db, tally.acks)
+    figures = audit(sandbox / db, tally.acks)
     assert figures["problem_count"] == 0, figures
     assert figures["found"] == figures["acknowledged"] > 0 and figures["duplicates"] == 0
     assert figures["chain_status"] == "OK", figures
@@ -155,5 +155,5 @@ def test_agents_and_a_monitor_survive_broker_kills(tmp_path: Path) -> None:
     assert follower.chain_ok
     kinds = [a.alert for a in follower.alerts]
     assert kinds.count(BROKER_SILENT) == restarts and kinds.count(BROKER_RESUMED) == restarts
-    with SqliteStore(tmp_path / db, readonly=True) as store:
+    with SqliteStore(sandbox / db, readonly=True) as store:
         assert [e.hash for e in store.iter_events()] == [e["hash"] for e in follower.events]

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agents.client import AgentClient
-from agents.tools.launch import Bus, start_bus
+from agents.tools.launch import Bus
 from agents.tools.run_scenario import play
 from ledger.log.verify import verify_store
 from ledger.plans.ledger import Ledger
@@ -25,25 +23,10 @@ from ledger.storage import sqlite
 from ledger.storage.sqlite import SqliteStore
 from schema import wire
 from schema.scenario import load_scenario
+from tests.support.buses import BusFactory
 
 PROJECT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((PROJECT / "scenarios").glob("*.json"))
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    shutil.copytree(PROJECT / "scenarios", tmp_path / "scenarios")
-    monkeypatch.setenv("OS_SANDBOX_ROOT", str(tmp_path))
-    return tmp_path
-
-
-@pytest.fixture
-def bus(sandbox: Path) -> Iterator[Bus]:
-    with start_bus("data/bus.db", env={"OS_SANDBOX_ROOT": str(sandbox)},
-                   log_dir=sandbox) as running:
-        with AgentClient(running.front, "probe", timeout=2) as probe:
-            probe.wait_ready(timeout=10)
-        yield running
 
 
 def _comparable(report: dict[str, Any]) -> dict[str, Any]:
@@ -187,56 +170,50 @@ def test_broker_normalises_ids_and_enum_case(bus: Bus) -> None:
     assert (plan["title"], plan["status"]) == ("Normalised", "ACTIVE")
 
 
-def test_processes_stop_cleanly_on_sigterm(sandbox: Path) -> None:
-    bus = start_bus("data/stop.db", env={"OS_SANDBOX_ROOT": str(sandbox)})
-    try:
-        with AgentClient(bus.front, "probe", timeout=2) as client:
-            client.wait_ready()
-            assert client.create_plan("P-S", "stop me").status == "APPLIED"
-    finally:
-        broker_code = bus.broker.stop(sig=signal.SIGTERM)
-        ledger_code = bus.ledger.stop(sig=signal.SIGINT)
+def test_processes_stop_cleanly_on_sigterm(sandbox: Path, bus_factory: BusFactory) -> None:
+    bus = bus_factory.start("data/stop.db")
+    with AgentClient(bus.front, "probe", timeout=2) as client:
+        client.wait_ready()
+        assert client.create_plan("P-S", "stop me").status == "APPLIED"
+    broker_code = bus.broker.stop(sig=signal.SIGTERM)
+    ledger_code = bus.ledger.stop(sig=signal.SIGINT)
     assert (broker_code, ledger_code) == (0, 0)
     with SqliteStore(sandbox / "data" / "stop.db", readonly=True) as store:
         assert store.head()[0] == 1
 
 
 def test_broker_caps_in_flight_work_and_fails_fast_when_the_ledger_is_silent(
-        sandbox: Path) -> None:
-    bus = start_bus("data/cap.db", env={"OS_SANDBOX_ROOT": str(sandbox)},
-                    broker_args=["--max-inflight", "1", "--liveness", "2.0",
-                                 "--heartbeat", "0.2"])
-    try:
-        with AgentClient(bus.front, "a", timeout=5, retries=0) as first, \
-                AgentClient(bus.front, "b", timeout=5, retries=0) as second:
-            first.wait_ready()
-            bus.ledger.proc.send_signal(signal.SIGSTOP)  # alive but silent
-            try:
-                first.sock.send_multipart(wire.encode(first._command(
-                    "CREATE_PLAN", "held-1", {"plan_id": "P-1", "title": "held"})))
-                # same connection, so in order: once PING answers, held-1 holds the slot
-                assert first.ping()["inflight"] == 1
-                started = time.monotonic()
-                busy = second.create_plan("P-2", "refused", command_id="busy-1")
-                assert busy.error is not None and busy.error["code"] == "BUSY"
-                held = first._recv_until("held-1", time.monotonic() + 5)
-                waited = time.monotonic() - started
-            finally:
-                bus.ledger.proc.send_signal(signal.SIGCONT)
-            assert held is not None and held.error is not None
-            assert held.error["code"] == "LEDGER_UNAVAILABLE"
-            assert waited < 4.5  # liveness 2 s, not the 10 s request timeout
-            # the ledger is back: the same command id is applied exactly once
-            first.wait_ready()
-            again = first.create_plan("P-1", "held", command_id="held-1")
-            assert again.status == "APPLIED"
-            assert [e["command_id"] for e in first.replay(1)] == ["held-1"]
-    finally:
-        bus.stop()
+        bus_factory: BusFactory) -> None:
+    bus = bus_factory.start("data/cap.db", broker_args=["--max-inflight", "1",
+                                                        "--liveness", "2.0", "--heartbeat", "0.2"])
+    with AgentClient(bus.front, "a", timeout=5, retries=0) as first, \
+            AgentClient(bus.front, "b", timeout=5, retries=0) as second:
+        first.wait_ready()
+        bus.ledger.proc.send_signal(signal.SIGSTOP)  # alive but silent
+        try:
+            first.sock.send_multipart(wire.encode(first._command(
+                "CREATE_PLAN", "held-1", {"plan_id": "P-1", "title": "held"})))
+            # same connection, so in order: once PING answers, held-1 holds the slot
+            assert first.ping()["inflight"] == 1
+            started = time.monotonic()
+            busy = second.create_plan("P-2", "refused", command_id="busy-1")
+            assert busy.error is not None and busy.error["code"] == "BUSY"
+            held = first._recv_until("held-1", time.monotonic() + 5)
+            waited = time.monotonic() - started
+        finally:
+            bus.ledger.proc.send_signal(signal.SIGCONT)
+        assert held is not None and held.error is not None
+        assert held.error["code"] == "LEDGER_UNAVAILABLE"
+        assert waited < 4.5  # liveness 2 s, not the 10 s request timeout
+        # the ledger is back: the same command id is applied exactly once
+        first.wait_ready()
+        again = first.create_plan("P-1", "held", command_id="held-1")
+        assert again.status == "APPLIED"
+        assert [e["command_id"] for e in first.replay(1)] == ["held-1"]
 
 
 def test_a_query_result_larger_than_the_request_limit_reaches_the_client(
-        sandbox: Path) -> None:
+        sandbox: Path, bus_factory: BusFactory) -> None:
     db = sandbox / "data" / "big.db"
     sqlite.initialise(db)
     with SqliteStore(db) as store:
@@ -248,8 +225,7 @@ def test_a_query_result_larger_than_the_request_limit_reaches_the_client(
                       "plan_id": "P-BIG", "item_id": f"I-{n}", "title": "x" * 500}
                      for n in range(2500)]
         assert all(r.status == "APPLIED" for r in ledger.apply_many(commands))
-    with start_bus("data/big.db", env={"OS_SANDBOX_ROOT": str(sandbox)}) as bus, \
-            AgentClient(bus.front, "auditor") as client:
+    with bus_factory.start("data/big.db") as bus, AgentClient(bus.front, "auditor") as client:
         client.wait_ready()
         items = client.list_items("P-BIG")
     assert len(items) == 2500

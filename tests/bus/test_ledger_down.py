@@ -18,9 +18,10 @@ import pytest
 import zmq
 
 from agents.client import AgentClient
-from agents.tools.launch import LOOPBACK_ANY, Bus, spawn, start_bus
 from ledger.storage.sqlite import SqliteStore
 from schema import wire
+from tests.support.buses import BusFactory
+from tests.support.sockets import SocketFactory
 
 LIVENESS = 1.0
 HEARTBEAT = 0.2
@@ -39,13 +40,11 @@ def _unavailable(reply: wire.Reply) -> bool:
             and reply.error["code"] == "LEDGER_UNAVAILABLE")
 
 
-def _heartbeats(bus: Bus) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
+def _heartbeats(zmq_socket: SocketFactory, pub: str) -> zmq.Socket[bytes]:
+    sub = zmq_socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, wire.TOPIC_HEARTBEAT)
-    sub.connect(bus.pub)
-    return ctx, sub
+    sub.connect(pub)
+    return sub
 
 
 def _beat(sub: zmq.Socket[bytes]) -> wire.Heartbeat:
@@ -71,101 +70,79 @@ def _timed(client: AgentClient, msg: wire.CommandMsg | wire.Query) -> tuple[wire
 
 
 @pytest.mark.parametrize("how", ["SIGSTOP", "SIGKILL"])
-def test_agents_get_ledger_unavailable_within_the_bound(tmp_path: Path, how: str) -> None:
-    bus = start_bus("data/down.db", env={"OS_SANDBOX_ROOT": str(tmp_path)},
-                    ledger_args=LEDGER_ARGS, broker_args=BROKER_ARGS, log_dir=tmp_path)
-    stopped = False
-    ctx, sub = _heartbeats(bus)
-    try:
-        with AgentClient(bus.front, "Liam", timeout=CLIENT_TIMEOUT, retries=0) as liam:
-            liam.wait_ready()
-            assert liam.create_plan("P-D", "down").status == "APPLIED"
-            _wait_declared(sub, True, time.monotonic())
-            held = liam._command("ADD_ITEM", "held-1", {"plan_id": "P-D", "item_id": "I-1",
-                                                         "title": "sent as it went down"})
-            went_down = time.monotonic()
-            if how == "SIGSTOP":
-                bus.ledger.proc.send_signal(signal.SIGSTOP)  # alive, connected, silent
-                stopped = True
-            else:
-                bus.ledger.kill()
-            # in flight (or refused at once if the broker already saw the sockets close)
-            reply, took = _timed(liam, held)
-            assert _unavailable(reply), reply
-            assert took < BOUND, f"{how}: LEDGER_UNAVAILABLE after {took:.2f}s"
-            # declared down: every request for the ledger is refused at once
-            for msg in (liam._command("ADD_ITEM", "refused-1", {
-                            "plan_id": "P-D", "item_id": "I-2", "title": "while down"}),
-                        wire.Query(id="q-1", actor="Liam", query="list-plans")):
-                reply, took = _timed(liam, msg)
-                assert _unavailable(reply) and took < NOW, (reply, took)
-            # the broker's heartbeats (and PING) report it down within the bound
-            assert _wait_declared(sub, False, went_down) < BOUND
-            status = liam.ping()
-            assert (status["broker_up"], status["ledger_up"]) == (True, False)
+def test_agents_get_ledger_unavailable_within_the_bound(
+        sandbox: Path, bus_factory: BusFactory, zmq_socket: SocketFactory, how: str) -> None:
+    bus = bus_factory.start("data/down.db", ledger_args=LEDGER_ARGS, broker_args=BROKER_ARGS)
+    sub = _heartbeats(zmq_socket, bus.pub)
+    with AgentClient(bus.front, "Liam", timeout=CLIENT_TIMEOUT, retries=0) as liam:
+        liam.wait_ready()
+        assert liam.create_plan("P-D", "down").status == "APPLIED"
+        _wait_declared(sub, True, time.monotonic())
+        held = liam._command("ADD_ITEM", "held-1", {"plan_id": "P-D", "item_id": "I-1",
+                                                     "title": "sent as it went down"})
+        went_down = time.monotonic()
+        if how == "SIGSTOP":
+            # alive, connected, silent (the factory sends SIGCONT if the test fails)
+            bus.ledger.proc.send_signal(signal.SIGSTOP)
+        else:
+            bus.ledger.kill()
+        # in flight (or refused at once if the broker already saw the sockets close)
+        reply, took = _timed(liam, held)
+        assert _unavailable(reply), reply
+        assert took < BOUND, f"{how}: LEDGER_UNAVAILABLE after {took:.2f}s"
+        # declared down: every request for the ledger is refused at once
+        for msg in (liam._command("ADD_ITEM", "refused-1", {
+                        "plan_id": "P-D", "item_id": "I-2", "title": "while down"}),
+                    wire.Query(id="q-1", actor="Liam", query="list-plans")):
+            reply, took = _timed(liam, msg)
+            assert _unavailable(reply) and took < NOW, (reply, took)
+        # the broker's heartbeats (and PING) report it down within the bound
+        assert _wait_declared(sub, False, went_down) < BOUND
+        status = liam.ping()
+        assert (status["broker_up"], status["ledger_up"]) == (True, False)
 
-            if how == "SIGSTOP":
-                bus.ledger.proc.send_signal(signal.SIGCONT)
-                stopped = False
-            else:
-                bus.restart_ledger()
-            assert liam.wait_ready(timeout=15)["ledger_up"] is True
-            # the held command may have been applied after SIGCONT: the same id is
-            # answered APPLIED either way, and applied once
-            again = liam.request(held)
-            assert (again.status, again.seq) == ("APPLIED", 2), again
-            assert liam.request(held).replayed is True
-    finally:
-        if stopped:
+        if how == "SIGSTOP":
             bus.ledger.proc.send_signal(signal.SIGCONT)
-        sub.close()
-        ctx.term()
-        bus.stop()
-    with SqliteStore(tmp_path / "data" / "down.db", readonly=True) as store:
+        else:
+            bus.restart_ledger()
+        assert liam.wait_ready(timeout=15)["ledger_up"] is True
+        # the held command may have been applied after SIGCONT: the same id is
+        # answered APPLIED either way, and applied once
+        again = liam.request(held)
+        assert (again.status, again.seq) == ("APPLIED", 2), again
+        assert liam.request(held).replayed is True
+    bus.stop()
+    with SqliteStore(sandbox / "data" / "down.db", readonly=True) as store:
         assert [e.command_id for e in store.iter_events()][1:] == ["held-1"]
 
 
-def test_liveness_comes_from_probes_on_the_request_path(tmp_path: Path) -> None:
+def test_liveness_comes_from_probes_on_the_request_path(
+        tmp_path: Path, bus_factory: BusFactory, zmq_socket: SocketFactory) -> None:
     """The broker hears nothing on the ledger's event stream (its --ledger-pub leads
     nowhere), yet counts the ledger up for many liveness periods: the PINGs it sends
     over the request path are answered. Stop the ledger and it is down again."""
-    env = {"OS_SANDBOX_ROOT": str(tmp_path)}
-    ledger = spawn("ledger", "ledger.server", ["--db", "data/probe.db", "--bind",
-                                               LOOPBACK_ANY, "--pub", LOOPBACK_ANY,
-                                               *LEDGER_ARGS], env=env)
+    ledger = bus_factory.ledger("data/probe.db", *LEDGER_ARGS)
     nowhere = f"ipc://{tmp_path}/nobody-publishes-here"  # a SUB may connect to nothing
-    try:
-        broker = spawn("broker", "broker.gateway", [
-            "--front", LOOPBACK_ANY, "--pub", LOOPBACK_ANY,
-            "--ledger", ledger.endpoints["commands"], "--ledger-pub", nowhere, *BROKER_ARGS],
-            env=env)
-    except BaseException:
-        ledger.stop()
-        raise
-    bus = Bus("data/probe.db", ledger, broker, env)
-    ctx, sub = _heartbeats(bus)
-    try:
-        with AgentClient(bus.front, "Liam", timeout=CLIENT_TIMEOUT, retries=0) as liam:
-            liam.wait_ready()
-            _wait_declared(sub, True, time.monotonic())  # skip beats from before
-            # from then on the broker's own heartbeats say "ledger up", for 3 liveness
-            # periods, though nothing comes from the ledger but the probes' answers
-            beats = []
-            started = time.monotonic()
-            while time.monotonic() - started < 3 * LIVENESS:
-                beats.append(_beat(sub).ledger_up)
-            assert len(beats) >= 3 and all(beats), beats
-            assert liam.create_plan("P-PROBE", "probed").status == "APPLIED"
+    broker = bus_factory.broker(ledger.endpoints["commands"], nowhere, *BROKER_ARGS)
+    sub = _heartbeats(zmq_socket, broker.endpoints["pub"])
+    with AgentClient(broker.endpoints["front"], "Liam", timeout=CLIENT_TIMEOUT,
+                     retries=0) as liam:
+        liam.wait_ready()
+        _wait_declared(sub, True, time.monotonic())  # skip beats from before
+        # from then on the broker's own heartbeats say "ledger up", for 3 liveness
+        # periods, though nothing comes from the ledger but the probes' answers
+        beats = []
+        started = time.monotonic()
+        while time.monotonic() - started < 3 * LIVENESS:
+            beats.append(_beat(sub).ledger_up)
+        assert len(beats) >= 3 and all(beats), beats
+        assert liam.create_plan("P-PROBE", "probed").status == "APPLIED"
 
-            bus.ledger.proc.send_signal(signal.SIGSTOP)
-            try:
-                assert _wait_declared(sub, False, time.monotonic()) < BOUND
-                reply = liam.create_plan("P-2", "refused", command_id="p2")
-                assert _unavailable(reply), reply
-            finally:
-                bus.ledger.proc.send_signal(signal.SIGCONT)
-            assert liam.wait_ready(timeout=15)["ledger_up"] is True
-    finally:
-        sub.close()
-        ctx.term()
-        bus.stop()
+        ledger.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert _wait_declared(sub, False, time.monotonic()) < BOUND
+            reply = liam.create_plan("P-2", "refused", command_id="p2")
+            assert _unavailable(reply), reply
+        finally:
+            ledger.proc.send_signal(signal.SIGCONT)
+        assert liam.wait_ready(timeout=15)["ledger_up"] is True

@@ -1,8 +1,8 @@
 """A client written from docs/PROTOCOL.md alone: only pyzmq, msgpack, hashlib and json.
 
-Nothing from broker/, ledger/ or agents/ is imported except agents.launch, which starts a
-real ledger and broker as child processes. If this file needs anything the document does
-not say, the document is incomplete.
+Nothing from broker/, ledger/ or agents/ is imported except agents.launch (through the
+tests' BusFactory), which starts a real ledger and broker as child processes. If this
+file needs anything the document does not say, the document is incomplete.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import msgpack
 import pytest
 import zmq
 
-from agents.tools.launch import Bus, start_bus
+from agents.tools.launch import Bus
+from tests.support.buses import BusFactory
 
 PROTOCOL = b"L3BUS/1"
 GENESIS = "0" * 64
@@ -150,40 +151,31 @@ def verify_chain(rows: list[dict[str, Any]], prev: str = GENESIS) -> str:
 
 
 @pytest.fixture(scope="module")
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.term()
-
-
-@pytest.fixture(scope="module")
-def bus(tmp_path_factory: pytest.TempPathFactory,
-        ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Bus]:
-    root = tmp_path_factory.mktemp("raw")
-    with start_bus("data/raw.db", env={"OS_SANDBOX_ROOT": str(root)}, log_dir=root) as running:
-        client, sub = Raw(ctx, running.front), Sub(ctx, running.pub)
-        try:
-            deadline = time.monotonic() + 10
-            while not client.request("PING", {})["result"]["ledger_up"]:
-                assert time.monotonic() < deadline, "the ledger did not come up"
-                sub.recv()  # pace on the next heartbeat (about one a second)
-        finally:
-            client.close()
-            sub.close()
-        yield running
+def bus(module_bus_factory: BusFactory, module_zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Bus:
+    running = module_bus_factory.start("data/raw.db")
+    client, sub = Raw(module_zmq_ctx, running.front), Sub(module_zmq_ctx, running.pub)
+    try:
+        deadline = time.monotonic() + 10
+        while not client.request("PING", {})["result"]["ledger_up"]:
+            assert time.monotonic() < deadline, "the ledger did not come up"
+            sub.recv()  # pace on the next heartbeat (about one a second)
+    finally:
+        client.close()
+        sub.close()
+    return running
 
 
 @pytest.fixture
-def raw(bus: Bus, ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Raw]:
-    client = Raw(ctx, bus.front)
+def raw(bus: Bus, zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Raw]:
+    client = Raw(zmq_ctx, bus.front)
     yield client
     client.close()
 
 
 @pytest.fixture
-def sub(bus: Bus, ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Sub]:
+def sub(bus: Bus, zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Sub]:
     """A subscriber whose subscription is in place (it has received a heartbeat)."""
-    subscriber = Sub(ctx, bus.pub)
+    subscriber = Sub(zmq_ctx, bus.pub)
     while subscriber.recv()[0] != b"heartbeat":
         pass
     yield subscriber
@@ -302,8 +294,8 @@ def test_replay_pages_through_more_than_one_batch(raw: Raw) -> None:
     assert [r["seq"] for r in window["events"]] == [5, 6, 7]
 
 
-def test_a_req_socket_works_too(bus: Bus, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-    req = Raw(ctx, bus.front, zmq.REQ)
+def test_a_req_socket_works_too(bus: Bus, zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    req = Raw(zmq_ctx, bus.front, zmq.REQ)
     try:
         reply = req.request("PING", {})
         assert reply["ok"] and reply["result"]["broker_up"] is True
@@ -313,8 +305,8 @@ def test_a_req_socket_works_too(bus: Bus, ctx: zmq.Context[zmq.Socket[bytes]]) -
         req.close()
 
 
-def test_hello_send_and_deliver(bus: Bus, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-    mary, liam = Raw(ctx, bus.front), Raw(ctx, bus.front)
+def test_hello_send_and_deliver(bus: Bus, zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    mary, liam = Raw(zmq_ctx, bus.front), Raw(zmq_ctx, bus.front)
     try:
         assert mary.request("HELLO", {}, actor="Mary")["result"] == {"registered": "Mary"}
         send_id = new_id("Liam")

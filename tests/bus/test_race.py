@@ -15,13 +15,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
 from agents.client import AgentClient, AsyncAgentClient
-from agents.tools.launch import Bus, start_bus
+from agents.tools.launch import Bus
 
 ROUNDS = 20
 
@@ -39,15 +38,6 @@ with AgentClient(sys.argv[1], sys.argv[2], session_id=sys.argv[3], timeout=5) as
         reply = client.send_command(order["command"], command_id=order["command_id"])
         print(json.dumps(reply.model_dump(mode="json")), flush=True)
 """
-
-
-@pytest.fixture
-def bus(tmp_path: Path) -> Iterator[Bus]:
-    with start_bus("data/race.db", env={"OS_SANDBOX_ROOT": str(tmp_path)},
-                   log_dir=tmp_path) as running:
-        with AgentClient(running.front, "probe", timeout=2) as probe:
-            probe.wait_ready(timeout=10)
-        yield running
 
 
 def read_line(stream: IO[str], timeout: float) -> dict[str, Any]:

@@ -15,14 +15,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import zmq
 
 from agents.client import AgentClient
-from agents.tools.launch import start_bus
 from agents.tools.monitor import EventFollower
+from tests.support.buses import BusFactory
 from tests.support.fault_load import COMMAND_DEADLINE, decided
+from tests.support.sockets import SocketFactory
 
 AGENTS = 4
 PER_AGENT = 500
@@ -76,10 +76,9 @@ def _load(front: str, tag: str) -> float:
     return took
 
 
-def _stalled_sub(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
+def _stalled_sub(zmq_socket: SocketFactory, endpoint: str) -> zmq.Socket[bytes]:
     """A SUB that is connected and subscribed, and will never read."""
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
+    sub = zmq_socket(zmq.SUB)
     sub.rcvhwm = 1
     sub.setsockopt(zmq.RCVBUF, 4096)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -89,19 +88,18 @@ def _stalled_sub(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Sock
     return sub
 
 
-def test_subscribers_that_never_read_do_not_slow_the_bus(tmp_path: Path) -> None:
-    bus = start_bus("data/slow.db", env={"OS_SANDBOX_ROOT": str(tmp_path)},
-                    ledger_args=["--heartbeat", "0.2"], broker_args=["--heartbeat", "0.2"],
-                    log_dir=tmp_path)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    stalled: list[zmq.Socket[bytes]] = []
+def test_subscribers_that_never_read_do_not_slow_the_bus(
+        bus_factory: BusFactory, zmq_socket: SocketFactory) -> None:
+    bus = bus_factory.start("data/slow.db", ledger_args=["--heartbeat", "0.2"],
+                            broker_args=["--heartbeat", "0.2"])
     proc = None
     try:
         with AgentClient(bus.front, "probe") as probe:
             probe.wait_ready()
         baseline = _load(bus.front, "base")
 
-        stalled = [_stalled_sub(ctx, bus.pub), _stalled_sub(ctx, bus.ledger.endpoints["events"])]
+        stalled = [_stalled_sub(zmq_socket, bus.pub),
+                   _stalled_sub(zmq_socket, bus.ledger.endpoints["events"])]
         proc = subprocess.Popen([sys.executable, "-c", SUB_SCRIPT, bus.pub],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert proc.stdout is not None
@@ -125,9 +123,6 @@ def test_subscribers_that_never_read_do_not_slow_the_bus(tmp_path: Path) -> None
             assert [e["seq"] for e in events] == list(range(1, head + 1))
             assert late.chain_ok
     finally:
-        for s in stalled:
-            s.close()
-        ctx.term()
         if proc is not None:
             proc.send_signal(signal.SIGCONT)
             proc.kill()
@@ -136,6 +131,5 @@ def test_subscribers_that_never_read_do_not_slow_the_bus(tmp_path: Path) -> None
                 proc.stdout.close()
             if proc.stdin is not None:
                 proc.stdin.close()
-        bus.stop()
     print(f"load of {AGENTS * PER_AGENT} commands: {baseline:.2f}s, with stalled "
           f"subscribers {with_stalled:.2f}s")
