@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
-from agents.tools.launch import LOOPBACK_ANY, Child, spawn
+from agents.tools.launch import LOOPBACK_ANY, Child
 from broker.gateway import PROBE_KEY, Broker, BrokerConfig
 from schema import internal, wire
 from schema.errors import CoordinatorError, ErrorCode
+from tests.support.buses import BusFactory
+from tests.support.sockets import SocketFactory
 
 TIMEOUT_MS = 5000
 Answer = Callable[[internal.CommandBatch], list[bytes]]
@@ -32,7 +35,6 @@ Answer = Callable[[internal.CommandBatch], list[bytes]]
 class FakeLedger:
     """The ledger's two sockets, answering the broker's probes like the real one."""
 
-    ctx: zmq.Context[zmq.Socket[bytes]]
     router: zmq.Socket[bytes]
     pub: zmq.Socket[bytes]
     batches: list[internal.CommandBatch] = field(default_factory=list)
@@ -62,31 +64,19 @@ class FakeLedger:
             self.router.send_multipart([*route_and_key, *answer(msg)])
 
 
-@contextmanager
-def scripted_ledger() -> Iterator[FakeLedger]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
+@pytest.fixture
+def fake(zmq_socket: SocketFactory) -> FakeLedger:
+    """A scripted ledger: its ROUTER and PUB bound on loopback (closed after the test)."""
+    router, pub = zmq_socket(zmq.ROUTER), zmq_socket(zmq.PUB)
     for sock in (router, pub):
-        sock.linger = 0
         sock.bind(LOOPBACK_ANY)
-    try:
-        yield FakeLedger(ctx, router, pub)
-    finally:
-        router.close()
-        pub.close()
-        ctx.destroy(linger=0)
+    return FakeLedger(router, pub)
 
 
-@contextmanager
-def broker_for(fake: FakeLedger) -> Iterator[Child]:
+def broker_for(buses: BusFactory, fake: FakeLedger) -> Child:
+    """A real broker process whose ledger is ``fake`` (stopped after the test)."""
     ledger, ledger_pub = fake.endpoints
-    child = spawn("broker", "broker.gateway", [
-        "--front", LOOPBACK_ANY, "--pub", LOOPBACK_ANY, "--ledger", ledger,
-        "--ledger-pub", ledger_pub, "--heartbeat", "0.1", "--liveness", "5"])
-    try:
-        yield child
-    finally:
-        child.stop()
+    return buses.broker(ledger, ledger_pub, "--heartbeat", "0.1", "--liveness", "5")
 
 
 def command(n: int, actor: str = "Liam") -> wire.CommandMsg:
@@ -105,45 +95,37 @@ def in_order(batch: internal.CommandBatch) -> list[bytes]:
     return wire.encode(internal.ReplyBatch(id=batch.id, replies=replies))
 
 
-def clients(ctx: zmq.Context[zmq.Socket[bytes]], front: str,
-            n: int) -> list[zmq.Socket[bytes]]:
+def clients(zmq_socket: SocketFactory, front: str, n: int) -> list[zmq.Socket[bytes]]:
     out = []
     for _ in range(n):
-        sock = ctx.socket(zmq.DEALER)
-        sock.linger = 0
+        sock = zmq_socket(zmq.DEALER)
         sock.connect(front)
         out.append(sock)
     return out
 
 
-def run(fake: FakeLedger, answer: Answer, per_client: int = 3,
-        n_clients: int = 3) -> dict[str, wire.Reply]:
+def run(buses: BusFactory, zmq_socket: SocketFactory, fake: FakeLedger, answer: Answer,
+        per_client: int = 3, n_clients: int = 3) -> dict[str, wire.Reply]:
     """Each client sends ``per_client`` commands; returns every reply by request id."""
-    with broker_for(fake) as broker:
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        socks = clients(ctx, broker.endpoints["front"], n_clients)
-        replies: dict[str, wire.Reply] = {}
-        try:
-            wait_until_up(fake, socks[0])
-            for k, sock in enumerate(socks):
-                for n in range(per_client):
-                    sock.send_multipart(wire.encode(command(n, actor=f"A{k}")))
-            poller = zmq.Poller()
-            for sock in socks:
-                poller.register(sock, zmq.POLLIN)
+    broker = broker_for(buses, fake)
+    socks = clients(zmq_socket, broker.endpoints["front"], n_clients)
+    replies: dict[str, wire.Reply] = {}
+    wait_until_up(fake, socks[0])
+    for k, sock in enumerate(socks):
+        for n in range(per_client):
+            sock.send_multipart(wire.encode(command(n, actor=f"A{k}")))
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
 
-            def got_all() -> bool:
-                for sock, _ in poller.poll(0):
-                    reply = wire.decode(sock.recv_multipart())
-                    assert reply.id not in replies, f"two replies for {reply.id}"
-                    replies[reply.id] = reply
-                return len(replies) == per_client * n_clients
+    def got_all() -> bool:
+        for sock, _ in poller.poll(0):
+            reply = wire.decode(sock.recv_multipart())
+            assert reply.id not in replies, f"two replies for {reply.id}"
+            replies[reply.id] = reply
+        return len(replies) == per_client * n_clients
 
-            fake.serve(answer, got_all)
-        finally:
-            for sock in socks:
-                sock.close()
-            ctx.destroy(linger=0)
+    fake.serve(answer, got_all)
     return replies
 
 
@@ -168,9 +150,9 @@ def sent_ids(per_client: int = 3, n_clients: int = 3) -> set[str]:
     return {f"A{k}:{n}" for k in range(n_clients) for n in range(per_client)}
 
 
-def test_each_client_gets_its_own_reply_from_the_ledger_s_batch() -> None:
-    with scripted_ledger() as fake:
-        replies = run(fake, in_order)
+def test_each_client_gets_its_own_reply_from_the_ledger_s_batch(
+        bus_factory: BusFactory, zmq_socket: SocketFactory, fake: FakeLedger) -> None:
+    replies = run(bus_factory, zmq_socket, fake, in_order)
     assert set(replies) == sent_ids()
     assert all(r.ok and r.status == "APPLIED" for r in replies.values())
     # each command reached the ledger exactly once, whole, inside a COMMANDS message
@@ -185,19 +167,20 @@ def test_each_client_gets_its_own_reply_from_the_ledger_s_batch() -> None:
             assert replies[c["command_id"]].seq == i
 
 
-def test_a_refusal_of_the_whole_batch_reaches_every_command_under_its_own_id() -> None:
+def test_a_refusal_of_the_whole_batch_reaches_every_command_under_its_own_id(
+        bus_factory: BusFactory, zmq_socket: SocketFactory, fake: FakeLedger) -> None:
     def refuse(batch: internal.CommandBatch) -> list[bytes]:
         return wire.encode(wire.error_reply(batch.id, CoordinatorError(
             ErrorCode.DB_DAMAGED, "damaged")))
 
-    with scripted_ledger() as fake:
-        replies = run(fake, refuse)
+    replies = run(bus_factory, zmq_socket, fake, refuse)
     assert set(replies) == sent_ids()
     assert {r.error["code"] for r in replies.values() if r.error} == {"DB_DAMAGED"}
     assert all(not r.ok for r in replies.values())
 
 
-def test_an_answer_the_broker_cannot_match_fails_each_command_as_retryable() -> None:
+def test_an_answer_the_broker_cannot_match_fails_each_command_as_retryable(
+        bus_factory: BusFactory, zmq_socket: SocketFactory, fake: FakeLedger) -> None:
     short_or_garbage = itertools.cycle(["short", "garbage"])
 
     def broken(batch: internal.CommandBatch) -> list[bytes]:
@@ -207,8 +190,7 @@ def test_an_answer_the_broker_cannot_match_fails_each_command_as_retryable() -> 
                    for c in batch.commands][1:]  # one missing
         return wire.encode(internal.ReplyBatch(id=batch.id, replies=replies))
 
-    with scripted_ledger() as fake:
-        replies = run(fake, broken)
+    replies = run(bus_factory, zmq_socket, fake, broken)
     assert set(replies) == sent_ids()
     for reply in replies.values():
         assert (reply.ok, reply.status) == (False, None)
@@ -220,41 +202,36 @@ def event_row(seq: int) -> dict[str, Any]:
             "payload": "{}"}
 
 
-def test_a_commit_group_s_events_are_republished_one_by_one_in_order() -> None:
-    with scripted_ledger() as fake, broker_for(fake) as broker:
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.linger = 0
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(broker.endpoints["pub"])
-        try:
-            batch = internal.EventBatch(
-                id="3", head_seq=3, head_hash=event_row(3)["hash"],
-                events=[wire.encode(wire.EventMsg(id=str(s), event=event_row(s)))[1:]
-                        for s in (1, 2, 3)])
-            frames = [internal.TOPIC_COMMITTED, *wire.encode(batch)]
-            # until the broker's SUB has joined, what the fake publishes is dropped:
-            # publish again until the first event comes out the other side
-            events: list[int] = []
-            deadline = time.monotonic() + 10
-            while not events:
-                assert time.monotonic() < deadline, "no event republished"
-                fake.pub.send_multipart(frames)
-                while sub.poll(100):
-                    topic, *rest = sub.recv_multipart()
-                    if topic == wire.TOPIC_EVENT:
-                        events.append(wire.decode(rest).event["seq"])
-                        break
-            while len(events) < 3:
-                assert sub.poll(TIMEOUT_MS), "the rest of the batch did not follow"
-                topic, *rest = sub.recv_multipart()
-                assert topic != internal.TOPIC_COMMITTED  # the batch itself never goes out
-                if topic == wire.TOPIC_EVENT:
-                    events.append(wire.decode(rest).event["seq"])
-            assert events == [1, 2, 3]
-        finally:
-            sub.close()
-            ctx.destroy(linger=0)
+def test_a_commit_group_s_events_are_republished_one_by_one_in_order(
+        bus_factory: BusFactory, zmq_socket: SocketFactory, fake: FakeLedger) -> None:
+    broker = broker_for(bus_factory, fake)
+    sub = zmq_socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(broker.endpoints["pub"])
+    batch = internal.EventBatch(
+        id="3", head_seq=3, head_hash=event_row(3)["hash"],
+        events=[wire.encode(wire.EventMsg(id=str(s), event=event_row(s)))[1:]
+                for s in (1, 2, 3)])
+    frames = [internal.TOPIC_COMMITTED, *wire.encode(batch)]
+    # until the broker's SUB has joined, what the fake publishes is dropped:
+    # publish again until the first event comes out the other side
+    events: list[int] = []
+    deadline = time.monotonic() + 10
+    while not events:
+        assert time.monotonic() < deadline, "no event republished"
+        fake.pub.send_multipart(frames)
+        while sub.poll(100):
+            topic, *rest = sub.recv_multipart()
+            if topic == wire.TOPIC_EVENT:
+                events.append(wire.decode(rest).event["seq"])
+                break
+    while len(events) < 3:
+        assert sub.poll(TIMEOUT_MS), "the rest of the batch did not follow"
+        topic, *rest = sub.recv_multipart()
+        assert topic != internal.TOPIC_COMMITTED  # the batch itself never goes out
+        if topic == wire.TOPIC_EVENT:
+            events.append(wire.decode(rest).event["seq"])
+    assert events == [1, 2, 3]
 
 
 @contextmanager
@@ -282,12 +259,12 @@ def inproc_broker(fake: FakeLedger) -> Iterator[Broker]:
         broker.close()
 
 
-def test_requests_waiting_together_become_one_commands_message() -> None:
+def test_requests_waiting_together_become_one_commands_message(fake: FakeLedger) -> None:
     """In-process Broker, real sockets: five requests taken in one round go to the
     ledger as one COMMANDS of five, in arrival order; a sixth after the flush starts a
     new one; with those two at the ledger, three more wait in the broker until the
     first is answered, then go as one."""
-    with scripted_ledger() as fake, inproc_broker(fake) as broker:
+    with inproc_broker(fake) as broker:
         for n in range(5):
             broker._on_front([b"client-a", *wire.encode(command(n))])
         broker._flush_commands()
@@ -318,37 +295,32 @@ def test_requests_waiting_together_become_one_commands_message() -> None:
         assert broker._outbox == []
 
 
-def test_commands_held_for_a_ledger_that_goes_down_are_refused() -> None:
-    with scripted_ledger() as fake, inproc_broker(fake) as broker:
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        client = ctx.socket(zmq.DEALER)
-        client.linger = 0
+def test_commands_held_for_a_ledger_that_goes_down_are_refused(
+        zmq_socket: SocketFactory, fake: FakeLedger) -> None:
+    with inproc_broker(fake) as broker:
+        client = zmq_socket(zmq.DEALER)
         client.setsockopt(zmq.IDENTITY, b"client-c")
         client.connect(broker.endpoints["front"])
-        try:
-            # handshake: the broker routes to client-c once it has heard from it
-            client.send_multipart(wire.encode(wire.Ping(id="hello")))
-            assert broker.front.poll(TIMEOUT_MS)
-            broker._drain_front()
-            assert client.poll(TIMEOUT_MS) and wire.decode(client.recv_multipart()).ok
-            for n in range(3):  # two batches at the ledger, then one held
-                broker._on_front([b"client-c", *wire.encode(command(n))])
-                broker._flush_commands()
-            assert len(broker._outbox) == 1 and broker.batches_at_ledger == 2
-            broker._expire(time.monotonic(), up=False)
-            replies = []
-            while len(replies) < 3:
-                assert client.poll(TIMEOUT_MS), replies
-                replies.append(wire.decode(client.recv_multipart()))
-            assert sorted(r.id for r in replies) == ["Liam:0", "Liam:1", "Liam:2"]
-            assert all(r.error and r.error["code"] == "LEDGER_UNAVAILABLE" for r in replies)
-            held = next(r for r in replies if r.id == "Liam:2")
-            assert "before this command was sent" in held.error["message"]
-            assert (broker._outbox, broker.inflight_requests, broker.batches_at_ledger) == (
-                [], 0, 0)
-        finally:
-            client.close()
-            ctx.destroy(linger=0)
+        # handshake: the broker routes to client-c once it has heard from it
+        client.send_multipart(wire.encode(wire.Ping(id="hello")))
+        assert broker.front.poll(TIMEOUT_MS)
+        broker._drain_front()
+        assert client.poll(TIMEOUT_MS) and wire.decode(client.recv_multipart()).ok
+        for n in range(3):  # two batches at the ledger, then one held
+            broker._on_front([b"client-c", *wire.encode(command(n))])
+            broker._flush_commands()
+        assert len(broker._outbox) == 1 and broker.batches_at_ledger == 2
+        broker._expire(time.monotonic(), up=False)
+        replies = []
+        while len(replies) < 3:
+            assert client.poll(TIMEOUT_MS), replies
+            replies.append(wire.decode(client.recv_multipart()))
+        assert sorted(r.id for r in replies) == ["Liam:0", "Liam:1", "Liam:2"]
+        assert all(r.error and r.error["code"] == "LEDGER_UNAVAILABLE" for r in replies)
+        held = next(r for r in replies if r.id == "Liam:2")
+        assert "before this command was sent" in held.error["message"]
+        assert (broker._outbox, broker.inflight_requests, broker.batches_at_ledger) == (
+            [], 0, 0)
 
 
 def test_heard_on_the_event_stream_but_not_connected_for_requests_is_down(

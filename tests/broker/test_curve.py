@@ -16,7 +16,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from agents import sim
 from agents.client import AgentClient, AsyncAgentClient
-from agents.tools.launch import LOOPBACK_ANY, Bus, spawn, start_bus
+from agents.tools.launch import LOOPBACK_ANY, Bus
 from broker import keygen
 from broker.gateway import _load_curve
 from broker.security import ClientKeys, CurveServer, load_allowlist, load_key_pair
@@ -35,7 +35,9 @@ from ledger.cli.common import run
 from schema import wire
 from schema.endpoints import is_local_endpoint
 from schema.errors import CoordinatorError, ErrorCode
+from tests.support.buses import BusFactory
 from tests.support.helpers import SCENARIO_DIR
+from tests.support.sockets import SocketFactory
 
 #: How long a refused party is watched for a reply or an event that must not come.
 SILENCE = 1.5
@@ -89,17 +91,12 @@ CURVE_ARGS = ["--curve-secret", "keys/broker.key_secret", "--curve-allow", "keys
 
 
 @pytest.fixture(scope="module")
-def curve_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Bus, Keys]]:
-    root = tmp_path_factory.mktemp("curve-bus")
-    keys = make_keys(root)
-    bus = start_bus("data/curve.db", env={"OS_SANDBOX_ROOT": str(root)},
-                    broker_args=CURVE_ARGS, log_dir=root)
-    try:
-        with keys.client(bus.front, "Liam", timeout=5) as probe:
-            probe.wait_ready(timeout=WAIT)
-        yield bus, keys
-    finally:
-        bus.stop()
+def curve_bus(module_bus_factory: BusFactory) -> tuple[Bus, Keys]:
+    keys = make_keys(module_bus_factory.root)
+    bus = module_bus_factory.start("data/curve.db", broker_args=CURVE_ARGS)
+    with keys.client(bus.front, "Liam", timeout=5) as probe:
+        probe.wait_ready(timeout=WAIT)
+    return bus, keys
 
 
 def head_seq(bus: Bus, keys: Keys) -> int:
@@ -108,10 +105,9 @@ def head_seq(bus: Bus, keys: Keys) -> int:
         return int(mary.query("summary")["events"])
 
 
-def socket_with_monitor(ctx: zmq.Context[zmq.Socket[bytes]], kind: int
+def socket_with_monitor(zmq_socket: SocketFactory, kind: int
                         ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
-    sock = ctx.socket(kind)
-    sock.linger = 0
+    sock = zmq_socket(kind)
     monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
     monitor.linger = 0
     return sock, monitor
@@ -158,32 +154,28 @@ async def test_allowed_agent_async_client(curve_bus: tuple[Bus, Keys]) -> None:
 
 
 @pytest.mark.parametrize("who", ["unknown key", "no CURVE", "wrong server key"])
-def test_refused_parties_get_no_reply_and_write_nothing(curve_bus: tuple[Bus, Keys],
-                                                        who: str) -> None:
+def test_refused_parties_get_no_reply_and_write_nothing(
+        curve_bus: tuple[Bus, Keys], zmq_socket: SocketFactory, who: str) -> None:
     bus, keys = curve_bus
     before = head_seq(bus, keys)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        sock, monitor = socket_with_monitor(ctx, zmq.DEALER)
-        if who == "unknown key":
-            keys.apply(sock, "Eve")
-        elif who == "wrong server key":  # an allowed agent talking to an impostor's key
-            ClientKeys.load(keys.secret("Liam"), keys.root / "keys" / "Eve.key").apply(sock)
-        sock.connect(bus.front)
-        command = wire.CommandMsg(id=uid("cmd"), actor="Liam", session_id="S-EVE",
-                                  command={"action": "CREATE_PLAN", "plan_id": uid("P"),
-                                           "title": "should never exist"})
-        sock.send_multipart(wire.encode(command))
-        event, value = first_handshake(monitor)
-        if who == "unknown key":  # the broker's ZAP handler said 400 (no access)
-            assert (event, value) == (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400)
-        else:
-            assert event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-                             zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL), (event, value)
-        assert silent(sock), "a refused party got an answer"
-        sock.disable_monitor()
-    finally:
-        ctx.destroy(linger=0)
+    sock, monitor = socket_with_monitor(zmq_socket, zmq.DEALER)
+    if who == "unknown key":
+        keys.apply(sock, "Eve")
+    elif who == "wrong server key":  # an allowed agent talking to an impostor's key
+        ClientKeys.load(keys.secret("Liam"), keys.root / "keys" / "Eve.key").apply(sock)
+    sock.connect(bus.front)
+    command = wire.CommandMsg(id=uid("cmd"), actor="Liam", session_id="S-EVE",
+                              command={"action": "CREATE_PLAN", "plan_id": uid("P"),
+                                       "title": "should never exist"})
+    sock.send_multipart(wire.encode(command))
+    event, value = first_handshake(monitor)
+    if who == "unknown key":  # the broker's ZAP handler said 400 (no access)
+        assert (event, value) == (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400)
+    else:
+        assert event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                         zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL), (event, value)
+    assert silent(sock), "a refused party got an answer"
+    sock.disable_monitor()
     assert head_seq(bus, keys) == before
 
 
@@ -260,38 +252,34 @@ def _next_event(sub: zmq.Socket[bytes], deadline_s: float = WAIT) -> dict[str, A
     raise AssertionError("only heartbeats")
 
 
-def test_pub_is_protected(curve_bus: tuple[Bus, Keys]) -> None:
+def test_pub_is_protected(curve_bus: tuple[Bus, Keys], zmq_socket: SocketFactory) -> None:
     bus, keys = curve_bus
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        subs = {}
-        for who in ("Liam", "Eve", "plain"):
-            sub, monitor = socket_with_monitor(ctx, zmq.SUB)
-            if who != "plain":
-                keys.apply(sub, who)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            sub.connect(bus.pub)
-            subs[who] = (sub, monitor)
-        assert first_handshake(subs["Liam"][1])[0] == zmq.EVENT_HANDSHAKE_SUCCEEDED
-        assert first_handshake(subs["Eve"][1]) == (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400)
-        assert first_handshake(subs["plain"][1])[0] in (
-            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-        liam_sub = subs["Liam"][0]
-        # the subscription is live once a heartbeat arrives (no slow-joiner guesswork)
-        assert liam_sub.poll(int(WAIT * 1000)) and liam_sub.recv_multipart()[0] in (
-            wire.TOPIC_HEARTBEAT, wire.TOPIC_EVENT)
-        plan = uid("P")
-        with keys.client(bus.front, "Liam", timeout=5) as liam:
-            seq = liam.create_plan(plan, "Watched").seq
+    subs = {}
+    for who in ("Liam", "Eve", "plain"):
+        sub, monitor = socket_with_monitor(zmq_socket, zmq.SUB)
+        if who != "plain":
+            keys.apply(sub, who)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(bus.pub)
+        subs[who] = (sub, monitor)
+    assert first_handshake(subs["Liam"][1])[0] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    assert first_handshake(subs["Eve"][1]) == (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400)
+    assert first_handshake(subs["plain"][1])[0] in (
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    liam_sub = subs["Liam"][0]
+    # the subscription is live once a heartbeat arrives (no slow-joiner guesswork)
+    assert liam_sub.poll(int(WAIT * 1000)) and liam_sub.recv_multipart()[0] in (
+        wire.TOPIC_HEARTBEAT, wire.TOPIC_EVENT)
+    plan = uid("P")
+    with keys.client(bus.front, "Liam", timeout=5) as liam:
+        seq = liam.create_plan(plan, "Watched").seq
+    event = _next_event(liam_sub)
+    while event["seq"] < (seq or 0):
         event = _next_event(liam_sub)
-        while event["seq"] < (seq or 0):
-            event = _next_event(liam_sub)
-        assert (event["seq"], event["plan_id"]) == (seq, plan)
-        assert silent(subs["Eve"][0]) and silent(subs["plain"][0], 0.2)
-        for sub, _monitor in subs.values():
-            sub.disable_monitor()
-    finally:
-        ctx.destroy(linger=0)
+    assert (event["seq"], event["plan_id"]) == (seq, plan)
+    assert silent(subs["Eve"][0]) and silent(subs["plain"][0], 0.2)
+    for sub, _monitor in subs.values():
+        sub.disable_monitor()
 
 
 # --- the command-line tools -------------------------------------------------------------
@@ -377,47 +365,41 @@ def test_is_local_endpoint(endpoint: str, local: bool) -> None:
     assert is_local_endpoint(endpoint) is local
 
 
-def _start_error(module: str, args: list[str], root: Path) -> CoordinatorError:
+def _start_error(buses: BusFactory, module: str, args: list[str]) -> CoordinatorError:
     with pytest.raises(CoordinatorError) as err:
-        child = spawn(module, module, args, env={"OS_SANDBOX_ROOT": str(root)}, timeout=WAIT)
-        child.stop()
+        buses.spawn(module, module, args, timeout=WAIT)
     return err.value
 
 
 @pytest.mark.parametrize("address", ["tcp://0.0.0.0:*", "tcp://*:*", "tcp://192.0.2.7:*"])
-def test_non_loopback_bind_refused_without_curve(tmp_path: Path, address: str) -> None:
-    err = _start_error("broker.gateway", ["--front", address, "--pub", LOOPBACK_ANY], tmp_path)
+def test_non_loopback_bind_refused_without_curve(bus_factory: BusFactory, address: str) -> None:
+    err = _start_error(bus_factory, "broker.gateway", ["--front", address, "--pub", LOOPBACK_ANY])
     assert err.code == ErrorCode.INSECURE_BIND and address in err.message
-    err = _start_error("broker.gateway", ["--front", LOOPBACK_ANY, "--pub", address], tmp_path)
+    err = _start_error(bus_factory, "broker.gateway", ["--front", LOOPBACK_ANY, "--pub", address])
     assert err.code == ErrorCode.INSECURE_BIND
 
 
-def test_ledger_binds_loopback_only_always(tmp_path: Path) -> None:
+def test_ledger_binds_loopback_only_always(bus_factory: BusFactory) -> None:
     for args in (["--bind", "tcp://0.0.0.0:*", "--pub", LOOPBACK_ANY],
                  ["--bind", LOOPBACK_ANY, "--pub", "tcp://*:*"]):
-        err = _start_error("ledger.server", ["--db", "data/l.db", *args], tmp_path)
+        err = _start_error(bus_factory, "ledger.server", ["--db", "data/l.db", *args])
         assert err.code == ErrorCode.INSECURE_BIND
-    assert not (tmp_path / "data" / "l.db").exists()  # refused before the database
+    assert not (bus_factory.root / "data" / "l.db").exists()  # refused before the database
 
 
-def test_curve_broker_may_bind_all_interfaces(tmp_path: Path) -> None:
-    keys = make_keys(tmp_path)
-    child = spawn("broker", "broker.gateway",
-                  ["--front", "tcp://0.0.0.0:*", "--pub", "tcp://0.0.0.0:*", *CURVE_ARGS],
-                  env={"OS_SANDBOX_ROOT": str(tmp_path)}, timeout=WAIT)
-    try:
-        assert child.ready["curve"] is True
-        port = child.endpoints["front"].rpartition(":")[2]
-        with keys.client(f"tcp://127.0.0.1:{port}", "Liam", timeout=5, retries=0) as liam:
-            assert liam.ping()["broker_up"] is True  # answered by the broker, no ledger
-    finally:
-        assert child.stop() == 0
+def test_curve_broker_may_bind_all_interfaces(bus_factory: BusFactory) -> None:
+    keys = make_keys(bus_factory.root)
+    child = bus_factory.spawn("broker", "broker.gateway", [
+        "--front", "tcp://0.0.0.0:*", "--pub", "tcp://0.0.0.0:*", *CURVE_ARGS], timeout=WAIT)
+    assert child.ready["curve"] is True
+    port = child.endpoints["front"].rpartition(":")[2]
+    with keys.client(f"tcp://127.0.0.1:{port}", "Liam", timeout=5, retries=0) as liam:
+        assert liam.ping()["broker_up"] is True  # answered by the broker, no ledger
+    assert child.stop() == 0
 
 
-def test_broker_curve_configuration_errors(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    make_keys(tmp_path)
-    monkeypatch.setenv("OS_SANDBOX_ROOT", str(tmp_path))
+def test_broker_curve_configuration_errors(bus_factory: BusFactory) -> None:
+    make_keys(bus_factory.root)  # the sandbox fixture set OS_SANDBOX_ROOT to it
     cases: list[tuple[str | None, str | None, ErrorCode]] = [
         ("keys/broker.key_secret", None, ErrorCode.USAGE_ERROR),
         (None, "keys/allowed", ErrorCode.USAGE_ERROR),
@@ -437,8 +419,8 @@ def test_broker_curve_configuration_errors(tmp_path: Path,
     loaded = _load_curve("keys/broker.key_secret", "keys/allowed")
     assert isinstance(loaded, CurveServer) and sorted(loaded.allowed.values()) == sorted(ALLOWED)
     # over the process boundary too: one JSON error line, exit 2
-    refused = _start_error("broker.gateway", ["--curve-secret", "keys/broker.key_secret"],
-                           tmp_path)
+    refused = _start_error(bus_factory, "broker.gateway",
+                           ["--curve-secret", "keys/broker.key_secret"])
     assert refused.code == ErrorCode.USAGE_ERROR
 
 

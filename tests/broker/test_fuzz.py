@@ -17,10 +17,8 @@ received, and the sender's socket reconnects by itself.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +30,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.client import AgentClient
-from agents.tools.launch import Bus, start_bus
+from agents.tools.launch import Bus
 from ledger.log.verify import verify_store
 from ledger.storage.sqlite import SqliteStore
 from schema import wire
 from schema.errors import ErrorCode
+from tests.support.buses import BusFactory
+from tests.support.sockets import SocketFactory
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "4000"))
 #: the same, sent straight to the ledger's own ROUTER (it is reachable on loopback too)
@@ -53,10 +53,9 @@ def pack(obj: Any) -> bytes:
 class Fuzzer:
     """A raw DEALER on the broker, and what the fuzzer has been told was written."""
 
-    def __init__(self, bus: Bus, db: Path) -> None:
+    def __init__(self, bus: Bus, db: Path, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         self.bus, self.db = bus, db
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock = ctx.socket(zmq.DEALER)
         self.sock.linger = 0
         self.sock.connect(bus.front)
         self.ids = itertools.count(1)
@@ -68,15 +67,10 @@ class Fuzzer:
         self.killer: list[bytes] | None = None
 
         #: a DEALER straight to the ledger's ROUTER, posing as a broker
-        self.direct = self.ctx.socket(zmq.DEALER)
+        self.direct = ctx.socket(zmq.DEALER)
         self.direct.linger = 0
         self.direct.connect(bus.ledger.endpoints["commands"])
         self.keys = itertools.count(1)
-
-    def close(self) -> None:
-        self.sock.close()
-        self.direct.close()
-        self.ctx.term()
 
     def exchange_direct(self, frames: list[bytes]) -> wire.Reply:
         """Send ``frames`` to the ledger as the broker would (a request key first)."""
@@ -149,21 +143,17 @@ class Fuzzer:
 
 
 @pytest.fixture(scope="module")
-def fuzzer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzer]:
-    root = tmp_path_factory.mktemp("fuzz")
-    bus = start_bus("data/fuzz.db", env={"OS_SANDBOX_ROOT": str(root)}, log_dir=root)
-    fz = Fuzzer(bus, root / "data" / "fuzz.db")
-    try:
-        with AgentClient(bus.front, "setup", session_id="S-SETUP") as setup:
-            setup.wait_ready()
-            for reply in (setup.create_plan(PLAN, "fuzzed"),
-                          setup.add_item(PLAN, ITEM, "target")):
-                assert reply.status == "APPLIED"
-                fz.note(reply)
-        yield fz
-    finally:
-        fz.close()
-        bus.stop()
+def fuzzer(module_bus_factory: BusFactory,
+           module_zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Fuzzer:
+    bus = module_bus_factory.start("data/fuzz.db")
+    fz = Fuzzer(bus, module_bus_factory.root / "data" / "fuzz.db", module_zmq_ctx)
+    with AgentClient(bus.front, "setup", session_id="S-SETUP") as setup:
+        setup.wait_ready()
+        for reply in (setup.create_plan(PLAN, "fuzzed"),
+                      setup.add_item(PLAN, ITEM, "target")):
+            assert reply.status == "APPLIED"
+            fz.note(reply)
+    return fz
 
 
 # --- what the fuzzer sends ------------------------------------------------------------
@@ -432,33 +422,25 @@ def test_a_frame_over_the_limit_is_refused_before_it_is_decoded(fuzzer: Fuzzer) 
 
 
 def test_a_frame_over_zmq_maxmsgsize_drops_the_connection_and_the_sender_reconnects(
-        fuzzer: Fuzzer) -> None:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
+        fuzzer: Fuzzer, zmq_socket: SocketFactory) -> None:
+    sock = zmq_socket(zmq.DEALER)
+    # a monitor socket on the same context: closed with it at teardown (linger 0)
     events = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-    try:
-        sock.connect(fuzzer.bus.front)
+    sock.connect(fuzzer.bus.front)
 
-        def next_event(timeout_ms: int = 10_000) -> int:
-            assert events.poll(timeout_ms), "no socket event"
-            return int(zmq.utils.monitor.recv_monitor_message(events)["event"])
+    def next_event(timeout_ms: int = 10_000) -> int:
+        assert events.poll(timeout_ms), "no socket event"
+        return int(zmq.utils.monitor.recv_monitor_message(events)["event"])
 
-        assert next_event() == zmq.EVENT_HANDSHAKE_SUCCEEDED
-        sock.send_multipart([wire.PROTOCOL, pack({"type": "PING", "id": "huge"}),
-                             b"\x00" * (5 * wire.MAX_FRAME_BYTES)])
-        assert next_event() == zmq.EVENT_DISCONNECTED  # the broker hung up on us
-        assert next_event() == zmq.EVENT_HANDSHAKE_SUCCEEDED  # and we are back
-        assert not sock.poll(0)  # no reply came for the oversized message
-        sock.send_multipart(wire.encode(wire.Ping(id="after-huge", actor="fuzz")))
-        assert sock.poll(RECV_TIMEOUT_MS)
-        reply = wire.decode(sock.recv_multipart())
-        assert (reply.id, reply.ok) == ("after-huge", True)
-    finally:
-        with contextlib.suppress(zmq.ZMQError):
-            sock.disable_monitor()
-        events.close()
-        sock.close()
-        ctx.term()
+    assert next_event() == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    sock.send_multipart([wire.PROTOCOL, pack({"type": "PING", "id": "huge"}),
+                         b"\x00" * (5 * wire.MAX_FRAME_BYTES)])
+    assert next_event() == zmq.EVENT_DISCONNECTED  # the broker hung up on us
+    assert next_event() == zmq.EVENT_HANDSHAKE_SUCCEEDED  # and we are back
+    assert not sock.poll(0)  # no reply came for the oversized message
+    sock.send_multipart(wire.encode(wire.Ping(id="after-huge", actor="fuzz")))
+    assert sock.poll(RECV_TIMEOUT_MS)
+    reply = wire.decode(sock.recv_multipart())
+    assert (reply.id, reply.ok) == ("after-huge", True)
     assert fuzzer.bus.broker.alive() and fuzzer.bus.ledger.alive()
     fuzzer.well_formed(with_command=True)
