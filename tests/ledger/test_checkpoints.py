@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from agents.client import AgentClient
-from agents.tools.launch import Bus, start_bus
+from agents.tools.launch import Bus
 from agents.tools.run_scenario import play
 from ledger.log.chain import GENESIS_HASH, canonical_json, event_hash
 from ledger.log.checkpoints import (
@@ -63,9 +63,9 @@ from ledger.storage.sqlite import SqliteStore
 from schema import wire
 from schema.errors import CoordinatorError, ErrorCode
 from schema.scenario import load_scenario
+from tests.support.buses import BusFactory
 from tests.support.helpers import APPEND_ONLY_TRIGGERS, build_db, copy_db, event_rows, small_log
 
-PROJECT = Path(__file__).resolve().parents[2]
 KEY_ARGS = ["--checkpoint-key", "keys/ledger-checkpoint.pem",
             "--checkpoint-dir", "data/checkpoints", "--checkpoint-every", "0.2"]
 TS = "2026-01-01T00:00:00.000000Z"
@@ -254,27 +254,12 @@ def test_a_signed_state_hash_that_the_replay_does_not_reach_is_rewritten_state(
 # --- a real ledger ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    shutil.copytree(PROJECT / "scenarios", tmp_path / "scenarios")
-    monkeypatch.setenv("OS_SANDBOX_ROOT", str(tmp_path))
-    return tmp_path
-
-
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _bus(sandbox: Path, db: str, *extra: str) -> Bus:
-    bus = start_bus(db, env={"OS_SANDBOX_ROOT": str(sandbox)},
-                    ledger_args=[*KEY_ARGS, *extra], log_dir=sandbox)
-    try:
-        with AgentClient(bus.front, "probe", timeout=2) as probe:
-            probe.wait_ready(timeout=15)
-    except BaseException:
-        bus.stop()
-        raise
-    return bus
+def _bus(buses: BusFactory, db: str, *extra: str) -> Bus:
+    return buses.start(db, ledger_args=[*KEY_ARGS, *extra], ready=True, ready_timeout=15)
 
 
 class Stream:
@@ -378,10 +363,10 @@ def stream_watch() -> Iterator[list[Stream]]:
 
 
 def test_a_real_ledger_signs_publishes_and_verify_chain_detects_tampering(
-        sandbox: Path, stream_watch: list[Stream]) -> None:
+        sandbox: Path, bus_factory: BusFactory, stream_watch: list[Stream]) -> None:
     db = "data/ck.db"
     pub_key = "keys/ledger-checkpoint.pub"
-    bus = _bus(sandbox, db)
+    bus = _bus(bus_factory, db)
     try:
         assert bus.ledger.ready["checkpoints"]["dir"] == "data/checkpoints"
         assert (sandbox / "keys" / "ledger-checkpoint.pem").stat().st_mode & 0o077 == 0
@@ -469,12 +454,12 @@ def test_a_real_ledger_signs_publishes_and_verify_chain_detects_tampering(
     _restore(sandbox, db, older)
     rolled_back = _digest(sandbox / db)
     with pytest.raises(CoordinatorError) as refused:
-        _bus(sandbox, db)
+        _bus(bus_factory, db)
     assert refused.value.code == ErrorCode.DB_ROLLED_BACK
     assert "--accept-rollback" in refused.value.message
     assert _digest(sandbox / db) == rolled_back  # nothing was written
     # ...and run on it anyway, the new history reuses seqs 8.. with other events
-    bus = _bus(sandbox, db, "--accept-rollback")
+    bus = _bus(bus_factory, db, "--accept-rollback")
     try:
         stream = Stream(bus.pub, watch)  # the same monitor, which saw the first history
         stream_watch.append(stream)
@@ -507,9 +492,10 @@ def test_a_real_ledger_signs_publishes_and_verify_chain_detects_tampering(
     assert second_run and report["checkpoints"]["matching"] >= len(second_run)
 
 
-def test_without_checkpoint_options_the_ledger_writes_none(sandbox: Path) -> None:
+def test_without_checkpoint_options_the_ledger_writes_none(sandbox: Path,
+                                                          bus_factory: BusFactory) -> None:
     ledger_sqlite.initialise(sandbox / "data" / "plain.db")
-    with start_bus("data/plain.db", env={"OS_SANDBOX_ROOT": str(sandbox)}) as bus:
+    with bus_factory.start("data/plain.db") as bus:
         assert "checkpoints" not in bus.ledger.ready
     assert not (sandbox / "data" / "checkpoints").exists()
     assert not (sandbox / "keys").exists()

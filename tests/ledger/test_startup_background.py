@@ -28,7 +28,7 @@ import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agents.client import AgentClient
-from agents.tools.launch import LOOPBACK_ANY, start_bus, stop_process
+from agents.tools.launch import LOOPBACK_ANY, stop_process
 from ledger.log import integrity
 from ledger.plans.ledger import Ledger
 from ledger.server.process import LedgerServer
@@ -36,6 +36,7 @@ from ledger.storage.sqlite import SqliteStore
 from schema import wire
 from schema.errors import StorageError
 from tests.ledger.test_damaged_db import CASES, DB, EVENTS, Damage, _commands, overwrite_a_page
+from tests.support.buses import BusFactory
 from tests.support.helpers import Cmds, build_db
 
 TIMEOUT = 10.0  # seconds, for every receive and process wait
@@ -218,12 +219,12 @@ def test_damage_found_in_the_background_stops_the_ledger_with_status_3(
     assert line["startup_check"]["pages"] == "failed"
 
 
-def test_through_the_broker_every_command_is_answered(tmp_path: Path,
-                                                      damaged: Path) -> None:
+def test_through_the_broker_every_command_is_answered(tmp_path: Path, damaged: Path,
+                                                      bus_factory: BusFactory) -> None:
     """While the ledger finds the damage and exits, commands through the broker get an
     ack, DB_DAMAGED, or (once it is gone) LEDGER_UNAVAILABLE; never silence."""
     env = {"OS_SANDBOX_ROOT": str(tmp_path)}
-    with start_bus(DB, env=env) as bus, AgentClient(bus.front, "Liam", session_id="S-BG",
+    with bus_factory.start(DB, env=env) as bus, AgentClient(bus.front, "Liam", session_id="S-BG",
                                                       timeout=TIMEOUT, retries=0) as client:
         codes: list[str] = []
         for n in range(50):
@@ -326,11 +327,12 @@ def test_every_damage_case_ends_in_status_3_with_the_default_mode(
     assert error["code"] == "DB_DAMAGED" and says in error["message"], (ready, lines)
 
 
-def test_the_broker_s_ping_passes_the_page_check_on(tmp_path: Path, db: Path) -> None:
+def test_the_broker_s_ping_passes_the_page_check_on(tmp_path: Path, db: Path,
+                                                    bus_factory: BusFactory) -> None:
     """An agent sees the ledger's start-up check through the broker: ``running`` or
     ``ok`` at first, ``ok`` once the background page check is done."""
     env = {"OS_SANDBOX_ROOT": str(tmp_path)}
-    with start_bus(DB, env=env) as bus, AgentClient(bus.front, "Liam", timeout=TIMEOUT,
+    with bus_factory.start(DB, env=env) as bus, AgentClient(bus.front, "Liam", timeout=TIMEOUT,
                                                       retries=0) as client:
         seen: list[str] = []
         deadline = time.monotonic() + TIMEOUT
