@@ -10,11 +10,13 @@ buffers) and one in a SIGSTOPped process, and compares the times.
 
 from __future__ import annotations
 
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
+from typing import IO
 
 import zmq
 
@@ -88,6 +90,13 @@ def _stalled_sub(zmq_socket: SocketFactory, endpoint: str) -> zmq.Socket[bytes]:
     return sub
 
 
+def _read_line(stream: IO[bytes], timeout: float) -> bytes:
+    """One line from a child's stdout, within ``timeout`` seconds."""
+    readable, _, _ = select.select([stream], [], [], timeout)
+    assert readable, f"no line within {timeout}s"
+    return stream.readline()
+
+
 def test_subscribers_that_never_read_do_not_slow_the_bus(
         bus_factory: BusFactory, zmq_socket: SocketFactory) -> None:
     bus = bus_factory.start("data/slow.db", ledger_args=["--heartbeat", "0.2"],
@@ -103,7 +112,7 @@ def test_subscribers_that_never_read_do_not_slow_the_bus(
         proc = subprocess.Popen([sys.executable, "-c", SUB_SCRIPT, bus.pub],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert proc.stdout is not None
-        assert proc.stdout.readline() == b"ready\n"
+        assert _read_line(proc.stdout, 10) == b"ready\n"
         proc.send_signal(signal.SIGSTOP)  # a dead subscriber with its connection open
         with_stalled = _load(bus.front, "slow")
         assert with_stalled <= RATIO * baseline + SLACK, (baseline, with_stalled)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sqlite3
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def _popen(root: Path, *args: str) -> subprocess.Popen[bytes]:
 
 def _ready(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     assert proc.stdout is not None
+    assert select.select([proc.stdout], [], [], TIMEOUT * 3)[0], "no ready line, no exit"
     line = proc.stdout.readline()  # the ledger prints it, or exits (EOF)
     assert line, f"no ready line; exit status {proc.wait(TIMEOUT)}"
     return dict(json.loads(line))
