@@ -365,9 +365,9 @@ def wait_until(check: Callable[[], T | None], *, timeout: float, what: str,
         time.sleep(interval)
 
 
-def _proc_children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid``, read from /proc/*/stat."""
-    kids = []
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its living descendants, ``root`` first, from one scan of /proc."""
+    children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -376,10 +376,15 @@ def _proc_children(pid: int) -> list[int]:
                 data = f.read()
         except OSError:
             continue
-        fields = data[data.rfind(b")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] != b"Z":
-            kids.append(int(entry.name))
-    return kids
+        fields = data[data.rfind(b")") + 2:].split()  # state, ppid, ...
+        if fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [root], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
 
 
 def _wait_gone(pids: Sequence[int], timeout: float) -> None:
@@ -637,14 +642,7 @@ class PgCluster:
     def processes(self) -> list[int]:
         """The postmaster and all its descendants (backends, walsender, checkpointer...)."""
         pm = self.postmaster_pid()
-        if pm is None:
-            return []
-        found, todo = [pm], [pm]
-        while todo:
-            kids = _proc_children(todo.pop())
-            found += kids
-            todo += kids
-        return found
+        return [] if pm is None else _process_tree(pm)
 
     def url(self, dbname: str = "postgres", *, user: str | None = None) -> PgUrl:
         """The superuser's (or ``user``'s, with its password) URL of ``dbname``."""
@@ -739,7 +737,7 @@ class PgCluster:
             raise PgClusterError(f"{self.name} is not running")
         frozen: list[int] = []
         while True:
-            fresh = [p for p in self.processes() if p not in frozen] if frozen else [pm]
+            fresh = [p for p in _process_tree(pm) if p not in frozen] if frozen else [pm]
             if not fresh:
                 break
             for pid in fresh:
