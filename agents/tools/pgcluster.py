@@ -43,6 +43,7 @@ Waiting: every wait polls a real condition (a connection, a row of
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import importlib.metadata
@@ -405,6 +406,25 @@ def _wait_gone(pids: Sequence[int], timeout: float) -> None:
             os.close(fd)
 
 
+def _remove_orphan_sysv_segment(pid_file: Path) -> None:
+    """IPC_RMID the segment a dead postmaster's ``postmaster.pid`` names (line 7: key,
+    shmid) if /proc/sysvipc/shm shows that postmaster (line 1) created it and nattch is 0."""
+    try:
+        lines = pid_file.read_text().splitlines()
+        pid, shmid = int(lines[0]), int(lines[6].split()[1])
+        table = Path("/proc/sysvipc/shm").read_text().splitlines()
+    except (OSError, ValueError, IndexError):
+        return
+    header = table[0].split()
+    for line in table[1:]:
+        row = dict(zip(header, line.split(), strict=False))
+        if (row.get("shmid") == str(shmid) and row.get("cpid") == str(pid)
+                and row.get("nattch") == "0" and not os.path.exists(f"/proc/{pid}/cwd")):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.shmctl(shmid, 0, None)  # IPC_RMID
+            return
+
+
 def _conf_value(value: str | int | float | bool) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -455,6 +475,9 @@ BASE_SETTINGS: Final[Mapping[str, str | int | bool]] = {
     # after the primary goes, the standby retries every 100ms, not every 5s; also how soon
     # resume_receipt() reconnects
     "wal_retrieve_retry_interval": "100ms",
+    # segments in data/pg_dynshmem, not /dev/shm: a SIGKILLed postmaster cannot remove
+    # them, and these clusters are killed on purpose (1 MB left in /dev/shm per kill)
+    "dynamic_shared_memory_type": "mmap",
     "logging_collector": False,
     "log_line_prefix": "%m [%p] %q%a ",
 }
@@ -754,9 +777,15 @@ class PgCluster:
         return frozen
 
     def destroy(self) -> None:
-        """Stop (immediate) if running and remove BASE. For throwaway clusters only."""
+        """Stop (immediate) if running and remove BASE. For throwaway clusters only.
+
+        After a :meth:`kill` it also removes the 56-byte SysV segment the dead postmaster
+        left (a restart would have reused it): the one ``postmaster.pid`` names, only if
+        that postmaster created it and nothing is attached.
+        """
         if self.is_running():
             self.stop(mode="immediate")
+        _remove_orphan_sysv_segment(self.data_dir / "postmaster.pid")
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
     # ---- roles and replication

@@ -319,7 +319,7 @@ def test_failover_kill_promote_and_rewind_the_old_primary(
           f"pg_rewind {primary.timings['rewind']:.3f}s")
 
 
-def test_a_killed_cluster_restarts_with_every_acknowledged_commit(
+def test_a_killed_cluster_restarts_with_every_acknowledged_commit_and_leaves_nothing(
         pg_clusters: ClusterFactory) -> None:
     primary = pg_clusters.primary("p1")
     insert_table(primary)
@@ -327,6 +327,15 @@ def test_a_killed_cluster_restarts_with_every_acknowledged_commit(
     primary.kill()
     primary.start()  # crash recovery
     assert rows(primary) == [1, 2]
+    # a killed cluster leaves nothing behind once destroyed: no /dev/shm segments
+    # (dynamic shared memory lives in data/), no SysV segment of its postmaster
+    assert primary.query_one("SHOW dynamic_shared_memory_type") == ("mmap",)
+    postmaster = primary.kill()[0]
+    primary.destroy()
+    assert not primary.base_dir.exists()
+    creators = [line.split()[4] for line in
+                Path("/proc/sysvipc/shm").read_text().splitlines()[1:]]
+    assert str(postmaster) not in creators
 
 
 @pytest.mark.parametrize("hold_back", ["receipt", "replay"])
