@@ -928,7 +928,7 @@ class PgCluster:
         """Turn this (stopped or killed) old primary into a standby of ``new_primary``.
 
         Runs ``CHECKPOINT`` on the new primary (so its control file shows the new
-        timeline; otherwise pg_rewind may find "no rewind required"), then ``pg_rewind
+        timeline; older pg_rewinds could otherwise find "no rewind required"), then ``pg_rewind
         --source-server`` as the server's OS user (it first runs crash recovery on a
         SIGKILLed target itself), then writes standby.signal and ``primary_conninfo``.
         WAL the old primary had and the new one lacks is discarded.
