@@ -1,4 +1,4 @@
-"""Signed checkpoints (ledger/checkpoints.py): the pure parts, the key files, and a real
+"""Signed checkpoints (ledger/log/checkpoints/): the pure parts, the key files, and a real
 ledger process that writes and publishes them, checked by bin/verify_chain --checkpoints
 against an intact database, a truncated tail, a rewrite with every hash recomputed and a
 rolled-back database."""
