@@ -1,5 +1,6 @@
 """The vocabulary of plans and of the event log: item states, plan statuses, item kinds,
-link types, event types, and the columns of an event row (in hash-preimage order).
+link types, event types, the columns of an event row (in hash-preimage order) and of the
+state tables' rows.
 
 These values cross every boundary: scenario files, wire messages, the database and the
 hash preimage (docs/HASH_CHAIN.md). Spec pack sections 2.1 (tables) and 2.2 (L1 event
@@ -54,3 +55,17 @@ EVENT_COLUMNS: Final = (
     "prev_hash",
     "hash",
 )
+
+
+# The state tables' columns, in table order (schema/plan_schema.sql), which is also the
+# field order of the row types (ledger.storage.rows.Plan, Item, Link) and of the lists
+# verify's replay keeps. Every other column list is derived from these.
+#: Column order of the plans table.
+PLAN_COLUMNS: Final = ("plan_id", "title", "owner_agent", "status", "version", "created_ts",
+                       "updated_ts")
+#: Column order of the plan_items table.
+ITEM_COLUMNS: Final = ("item_id", "plan_id", "kind", "title", "state", "priority",
+                       "assigned_to", "due_ts", "version", "created_ts", "updated_ts")
+#: Column order of the plan_links table.
+LINK_COLUMNS: Final = ("link_id", "plan_id", "from_item_id", "to_item_id", "link_type",
+                       "created_ts")

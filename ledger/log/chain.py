@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Final
 
 import orjson
@@ -75,15 +76,18 @@ class ChainReport:
             self.mismatches.append(Mismatch(seq, reason))
 
 
-#: One event row as a tuple, in :data:`ledger.model.EVENT_COLUMNS` order (what
+#: One event row as a tuple, in :data:`schema.vocabulary.EVENT_COLUMNS` order (what
 #: ``SELECT seq, ..., hash FROM events`` returns).
 EventRow = tuple[Any, ...]
 
 
+_event_values: Final = attrgetter(*EVENT_COLUMNS)
+
+
 def event_row(ev: Event) -> EventRow:
     """An :class:`Event` as an :data:`EventRow`."""
-    return (ev.seq, ev.event_id, ev.ts, ev.event_type, ev.session_id, ev.task_id, ev.actor,
-            ev.plan_id, ev.item_id, ev.command_id, ev.payload, ev.prev_hash, ev.hash)
+    row: EventRow = _event_values(ev)
+    return row
 
 
 class ChainWalk:

@@ -16,18 +16,18 @@ path against ``project`` on random and malformed logs.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import fields
 from typing import Any, Final
 
 from ledger.log.chain import EventRow
 from ledger.log.projection import project
 from ledger.storage.memory import MemoryState
 from ledger.storage.rows import Event, Item, Link, Plan, State
-from schema.vocabulary import EventType
+from schema.vocabulary import ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS, EventType
 
-PLAN_FIELDS: Final = tuple(f.name for f in fields(Plan))
-ITEM_FIELDS: Final = tuple(f.name for f in fields(Item))
-LINK_FIELDS: Final = tuple(f.name for f in fields(Link))
+#: The field (column) orders of the rows kept: :mod:`schema.vocabulary`'s.
+PLAN_FIELDS: Final = PLAN_COLUMNS
+ITEM_FIELDS: Final = ITEM_COLUMNS
+LINK_FIELDS: Final = LINK_COLUMNS
 #: The changes the fast path applies (ledger.commands.PlanChange, ItemChange and the
 #: state change); any other key goes to ``project``.
 _PLAN_CHANGES: Final = frozenset({"title", "owner_agent", "status"})

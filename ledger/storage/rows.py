@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from operator import attrgetter
+from typing import Any, Final
+
+from schema.vocabulary import EVENT_COLUMNS, ITEM_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +49,8 @@ class Item:
         return asdict(self)
 
     def with_changes(self, **kw: Any) -> Item:
-        # not dataclasses.replace: this runs once per replayed event in verify_chain
-        fields: dict[str, Any] = {
-            "item_id": self.item_id, "plan_id": self.plan_id, "kind": self.kind,
-            "title": self.title, "state": self.state, "priority": self.priority,
-            "assigned_to": self.assigned_to, "due_ts": self.due_ts,
-            "version": self.version, "created_ts": self.created_ts,
-            "updated_ts": self.updated_ts}
+        # not dataclasses.replace: cheaper, and this runs once per item update
+        fields: dict[str, Any] = dict(zip(ITEM_COLUMNS, _item_values(self), strict=True))
         fields.update(kw)
         return Item(**fields)
 
@@ -89,18 +87,18 @@ class Event:
     hash: str
 
     def to_row(self) -> dict[str, Any]:
-        # spelled out: dataclasses.asdict deep-copies and is the hot spot of verify_chain
-        return {"seq": self.seq, "event_id": self.event_id, "ts": self.ts,
-                "event_type": self.event_type, "session_id": self.session_id,
-                "task_id": self.task_id, "actor": self.actor, "plan_id": self.plan_id,
-                "item_id": self.item_id, "command_id": self.command_id,
-                "payload": self.payload, "prev_hash": self.prev_hash, "hash": self.hash}
+        # not dataclasses.asdict, which deep-copies
+        return dict(zip(EVENT_COLUMNS, _event_values(self), strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         """The row with ``payload`` parsed, as printed by timelines and sent on the wire."""
         out = self.to_row()
         out["payload"] = json.loads(self.payload)
         return out
+
+
+_item_values: Final = attrgetter(*ITEM_COLUMNS)
+_event_values: Final = attrgetter(*EVENT_COLUMNS)
 
 
 @dataclass(slots=True)

@@ -18,18 +18,17 @@ from ledger.log.chain import GENESIS_HASH
 from ledger.storage.base import EVENT_FILTER_COLUMNS, CommandRecord, Store, Transaction
 from ledger.storage.rows import Event, Item, Link, Plan, State
 from schema.errors import ErrorCode, StorageError
+from schema.vocabulary import EVENT_COLUMNS, ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS
 
 SCHEMA_DIR: Final = Path(__file__).resolve().parents[2] / "schema"
 SCHEMA_FILES: Final = ("plan_schema.sql", "event_log_schema.sql")
 SCHEMA_VERSION: Final = "1"
 Durability = Literal["full", "normal", "off"]
 
-_PLAN_COLS: Final = "plan_id, title, owner_agent, status, version, created_ts, updated_ts"
-_ITEM_COLS: Final = ("item_id, plan_id, kind, title, state, priority, assigned_to, due_ts, "
-                     "version, created_ts, updated_ts")
-_LINK_COLS: Final = "link_id, plan_id, from_item_id, to_item_id, link_type, created_ts"
-_EVENT_COLS: Final = ("seq, event_id, ts, event_type, session_id, task_id, actor, plan_id, "
-                      "item_id, command_id, payload, prev_hash, hash")
+_PLAN_COLS: Final = ", ".join(PLAN_COLUMNS)
+_ITEM_COLS: Final = ", ".join(ITEM_COLUMNS)
+_LINK_COLS: Final = ", ".join(LINK_COLUMNS)
+_EVENT_COLS: Final = ", ".join(EVENT_COLUMNS)
 _COMMAND_COLS: Final = "command_id, fingerprint, status, seq, outcome, ts"
 #: Most parameters in one ``IN (...)`` list (SQLite allows 32766 since 3.32).
 _IN_CHUNK: Final = 500

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from ledger.log.chain import canonical_json
-from ledger.log.replay import ITEM_FIELDS, LINK_FIELDS, PLAN_FIELDS, Table
+from ledger.log.replay import Table
 from ledger.storage.rows import Item, Link, Plan, State
 from schema.errors import CoordinatorError, ErrorCode
+from schema.vocabulary import ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS
 
 FORMAT: Final = "L3CHECKPOINT/1"
 #: The signed fields, in the order a checkpoint file lists them (the signed bytes sort them).
@@ -117,7 +118,7 @@ class Checkpoint:
 # --- pure functions ---------------------------------------------------------------------
 
 
-_COLUMNS: Final = {cls: tuple(f.name for f in fields(cls)) for cls in (Plan, Item, Link)}
+_COLUMNS: Final = {Plan: PLAN_COLUMNS, Item: ITEM_COLUMNS, Link: LINK_COLUMNS}
 
 
 def _rows(table: Mapping[str, Plan | Item | Link]) -> list[dict[str, Any]]:
@@ -142,9 +143,9 @@ def state_document(state: State) -> dict[str, list[dict[str, Any]]]:
 def tables_hash(plans: Table, items: Table, links: Table) -> str:
     """:func:`state_hash` of a state given as tables (primary key -> the row's values in
     field order), as verify's replay keeps it."""
-    document = {"plans": _table_rows(plans, PLAN_FIELDS),
-                "plan_items": _table_rows(items, ITEM_FIELDS),
-                "plan_links": _table_rows(links, LINK_FIELDS)}
+    document = {"plans": _table_rows(plans, PLAN_COLUMNS),
+                "plan_items": _table_rows(items, ITEM_COLUMNS),
+                "plan_links": _table_rows(links, LINK_COLUMNS)}
     return hashlib.sha256(canonical_json(document).encode("utf-8")).hexdigest()
 
 
