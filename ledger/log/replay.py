@@ -1,16 +1,17 @@
 """The replay verify_chain compares the state tables with: the log through the projection.
 
-:func:`ledger.projection.project` into a :class:`ledger.memory.MemoryState` defines what
-the tables must hold. Doing exactly that for a million events spends most of its time
-building a frozen dataclass per event, so :class:`Replay` keeps each row as a list in
-its dataclass's field order and applies the event shapes the ledger writes itself, with
-the same lookups and the same checks (a row that must be absent or present, a missing
-plan or item behind a foreign key). Anything else (a payload that is not an object, a
-missing key, a change of a field the ledger never changes, an unknown event type: only
-a tampered log has these) is *handed over*: the rows so far become a MemoryState, that
-event and every later one go through ``project`` itself, so the outcome, state or error
-message, is the projection's by construction. tests/test_replay.py checks the fast
-path against ``project`` on random and malformed logs.
+:func:`ledger.log.projection.project` into a :class:`ledger.storage.memory.MemoryState`
+defines what the tables must hold. Doing exactly that for a million events spends most of
+its time building a frozen dataclass per event, so :class:`Replay` keeps each row as a
+list in its table's column order and applies the same rules
+(:data:`ledger.log.event_rules.EVENT_RULES`) to those lists, with the same lookups and
+the same checks (a row that must be absent or present, a reference to a missing plan or
+item). Anything else (a payload that is not an object, a missing key, a change of a
+field the ledger never changes, an unknown event type: only a tampered log has these) is
+*handed over*: the rows so far become a MemoryState, that event and every later one go
+through ``project`` itself, so the outcome, state or error message, is the projection's
+by construction. tests/ledger/test_replay.py checks the fast path against ``project`` on
+random and malformed logs.
 """
 
 from __future__ import annotations
@@ -19,27 +20,24 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 from ledger.log.chain import EventRow
+from ledger.log.event_rules import (
+    EVENT_RULES,
+    STATE_TABLES,
+    EventRule,
+    Insert,
+    Record,
+    TableName,
+    Update,
+)
 from ledger.log.projection import project
 from ledger.storage.memory import MemoryState
 from ledger.storage.rows import Event, Item, Link, Plan, State
-from schema.vocabulary import ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS, EventType
+from schema.vocabulary import ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS
 
 #: The field (column) orders of the rows kept: :mod:`schema.vocabulary`'s.
 PLAN_FIELDS: Final = PLAN_COLUMNS
 ITEM_FIELDS: Final = ITEM_COLUMNS
 LINK_FIELDS: Final = LINK_COLUMNS
-#: The changes the fast path applies (ledger.commands.PlanChange, ItemChange and the
-#: state change); any other key goes to ``project``.
-_PLAN_CHANGES: Final = frozenset({"title", "owner_agent", "status"})
-_ITEM_CHANGES: Final = frozenset({"kind", "title", "state", "priority", "assigned_to",
-                                  "due_ts"})
-_PLAN_AT: Final = {name: i for i, name in enumerate(PLAN_FIELDS)}
-_ITEM_AT: Final = {name: i for i, name in enumerate(ITEM_FIELDS)}
-_PLAN_VERSION: Final = _PLAN_AT["version"]
-_PLAN_UPDATED_TS: Final = _PLAN_AT["updated_ts"]
-_ITEM_VERSION: Final = _ITEM_AT["version"]
-_ITEM_UPDATED_TS: Final = _ITEM_AT["updated_ts"]
-_ITEM_UPDATES: Final = (EventType.PLAN_ITEM_UPDATED, EventType.PLAN_ITEM_STATE_CHANGED)
 
 #: The columns of a *short* row, all the fast path needs: seq, ts and event_type sit at
 #: the same positions as in a full :data:`ledger.chain.EventRow` (0, 2, 3).
@@ -74,6 +72,8 @@ class Replay:
         self._observe_seqs = frozenset(observe_seqs) if observe is not None else frozenset()
         self._full_rows = full_rows
         self._short = False
+        self._steps = fast_steps(
+            EVENT_RULES, {"plans": self.plans, "items": self.items, "links": self.links})
 
     @property
     def handed_over(self) -> bool:
@@ -118,69 +118,41 @@ class Replay:
         if self.memory is not None:
             self._apply_slowly(rows, payloads)
             return
-        plans, items, links = self.plans, self.items, self.links
-        item_changes, plan_changes = _ITEM_CHANGES, _PLAN_CHANGES
-        item_at, plan_at = _ITEM_AT, _PLAN_AT
-        item_version, item_updated_ts = _ITEM_VERSION, _ITEM_UPDATED_TS
-        plan_version, plan_updated_ts = _PLAN_VERSION, _PLAN_UPDATED_TS
-        item_updates = _ITEM_UPDATES
-        item_added, conflict = EventType.PLAN_ITEM_ADDED, EventType.PLAN_CONFLICT_DETECTED
-        link_added, plan_updated = EventType.PLAN_LINK_ADDED, EventType.PLAN_UPDATED
-        plan_created = EventType.PLAN_CREATED
+        steps = self._steps
         for n, (row, payload) in enumerate(zip(rows, payloads, strict=True)):
-            # Each branch reads and checks everything before it changes anything: a
-            # branch that fails or declines leaves the state as it was for project.
-            # row: seq, event_id, ts, event_type, session_id, task_id, actor, plan_id,
-            # item_id, command_id, payload, prev_hash, hash
+            # row: seq, event_id, ts, event_type, ... (or a short row: seq, hash, ts,
+            # event_type). Each branch reads and checks everything before it changes
+            # anything: a branch that fails or declines leaves the state as it was for
+            # project. The branches are fast_steps' kinds of Step.
             done = False
             if type(payload) is dict:
-                kind = row[3]
-                ts = row[2]
                 try:
-                    change = payload.get("change") or {}
-                    if kind in item_updates:
-                        item = items[payload["item_id"]]
-                        if type(change) is dict and change.keys() <= item_changes:
+                    step = steps.get(row[3])
+                    if step is None:  # an unknown event type
+                        pass
+                    elif step[0] is _UPDATE:
+                        _, table, key, fields, at, version_at, updated_ts_at = step
+                        target = table[payload[key]]
+                        change = payload.get("change") or {}
+                        if type(change) is dict and change.keys() <= fields:
                             version = payload["new_version"]
-                            for key, value in change.items():
-                                item[item_at[key]] = value
-                            item[item_version] = version
-                            item[item_updated_ts] = ts
+                            for name, value in change.items():
+                                target[at[name]] = value
+                            target[version_at] = version
+                            target[updated_ts_at] = row[2]
                             done = True
-                    elif kind == item_added:
-                        item_id = payload["item_id"]
-                        new = [item_id, payload["plan_id"], change["kind"], change["title"],
-                               change["state"], change["priority"], change.get("assigned_to"),
-                               change.get("due_ts"), payload["new_version"], ts, ts]
-                        if item_id not in items and new[1] in plans:
-                            items[item_id] = new
-                            done = True
-                    elif kind == conflict:
+                    elif step[0] is _INSERT:
+                        _, table, values, references = step
+                        new = values(payload, payload.get("change") or {}, row[2])
+                        if new[0] not in table:
+                            for at_column, other in references:
+                                if new[at_column] not in other:
+                                    break
+                            else:
+                                table[new[0]] = new
+                                done = True
+                    else:  # _RECORD
                         done = True
-                    elif kind == link_added:
-                        link_id = change["link_id"]
-                        link = [link_id, payload["plan_id"], change["from_item_id"],
-                                change["to_item_id"], change["link_type"], ts]
-                        if (link_id not in links and link[2] in items
-                                and link[3] in items):
-                            links[link_id] = link
-                            done = True
-                    elif kind == plan_updated:
-                        plan = plans[payload["plan_id"]]
-                        if type(change) is dict and change.keys() <= plan_changes:
-                            version = payload["new_version"]
-                            for key, value in change.items():
-                                plan[plan_at[key]] = value
-                            plan[plan_version] = version
-                            plan[plan_updated_ts] = ts
-                            done = True
-                    elif kind == plan_created:
-                        plan_id = payload["plan_id"]
-                        new = [plan_id, change["title"], change["owner_agent"],
-                               change["status"], payload["new_version"], ts, ts]
-                        if plan_id not in plans:
-                            plans[plan_id] = new
-                            done = True
                 except Exception:  # the projection says what is wrong with it
                     done = False
             if not done:
@@ -193,6 +165,7 @@ class Replay:
         memory.state = self.state()
         self.memory = memory
         self.plans, self.items, self.links = {}, {}, {}
+        self._steps = {}  # they hold the old tables
 
     def _apply_slowly(self, rows: Sequence[EventRow], payloads: Sequence[Any]) -> None:
         """What verify_store did for every event before the fast path."""
@@ -221,3 +194,46 @@ def state_tables(state: State) -> tuple[Table, Table, Table]:
     return ({k: tuple(getattr(v, f) for f in PLAN_FIELDS) for k, v in state.plans.items()},
             {k: tuple(getattr(v, f) for f in ITEM_FIELDS) for k, v in state.items.items()},
             {k: tuple(getattr(v, f) for f in LINK_FIELDS) for k, v in state.links.items()})
+
+
+# --- the rules in the fast path's form ---------------------------------------------------
+
+#: The kinds of :data:`Step`.
+_RECORD: Final = "record"
+_INSERT: Final = "insert"
+_UPDATE: Final = "update"
+#: One event type's rule bound to a Replay's tables, as a plain tuple (unpacked once per
+#: event, so no attribute lookups): ``(_RECORD,)``; ``(_INSERT, rows, values,
+#: ((column index, referenced rows), ...))``; ``(_UPDATE, rows, payload key of the row,
+#: fields the fast path applies, column -> index, index of version, index of updated_ts)``.
+Step = tuple[Any, ...]
+
+
+def fast_steps(rules: Mapping[str, EventRule],
+               tables: Mapping[TableName, dict[Any, list[Any]]]) -> dict[str, Step]:
+    """Each event type's rule as a :data:`Step` on ``tables`` (rows as lists).
+
+    Raises ValueError for an Update rule that would change a column it must not (the
+    key, version and timestamps), one its table does not have, or a table whose rows
+    never change.
+    """
+    out: dict[str, Step] = {}
+    for event_type, rule in rules.items():
+        match rule:
+            case Record():
+                out[event_type] = (_RECORD,)
+            case Insert():
+                spec = STATE_TABLES[rule.table]
+                references = tuple((spec.columns.index(column), tables[other])
+                                   for column, other in spec.references)
+                out[event_type] = (_INSERT, tables[rule.table], rule.values, references)
+            case Update():
+                spec = STATE_TABLES[rule.table]
+                at = {name: i for i, name in enumerate(spec.columns)}
+                fixed = {spec.columns[0], "version", "created_ts", "updated_ts"}
+                if spec.update is None or not rule.fields <= at.keys() - fixed:
+                    raise ValueError(f"{event_type}: an update of {rule.table} cannot "
+                                     f"change {sorted(rule.fields)}")
+                out[event_type] = (_UPDATE, tables[rule.table], rule.key, rule.fields, at,
+                                   at["version"], at["updated_ts"])
+    return out
