@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import quote
@@ -20,7 +21,8 @@ from ledger.storage.rows import Event, Item, Link, Plan, State
 from schema.errors import ErrorCode, StorageError
 from schema.vocabulary import EVENT_COLUMNS, ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS
 
-SCHEMA_DIR: Final = Path(__file__).resolve().parents[2] / "schema"
+#: the SQL files are package data of ``schema`` (importlib.resources: works installed too)
+SCHEMA_DIR: Final = files("schema")
 SCHEMA_FILES: Final = ("plan_schema.sql", "event_log_schema.sql")
 SCHEMA_VERSION: Final = "1"
 Durability = Literal["full", "normal", "off"]
