@@ -12,7 +12,7 @@ from ledger.log.verify import verify_store
 from ledger.plans.ledger import Ledger
 from ledger.plans.scenario import apply_scenario
 from ledger.queries.reads import list_items, list_plans, timeline
-from ledger.runtime.sandbox import SCENARIO_DIR, resolve_db, sandbox_root
+from ledger.runtime.sandbox import SCENARIO_DIR, resolve_db, resolve_scenario
 from ledger.storage import sqlite
 from ledger.storage.sqlite import SqliteStore
 from schema.errors import CoordinatorError
@@ -46,8 +46,12 @@ def check_database(db: str | None) -> list[dict[str, Any]]:
 
 
 def check_l3_flow() -> list[dict[str, Any]]:
-    """init + scenario + verify + list commands in a throwaway sandbox, vs the evidence."""
-    source = sandbox_root() / SCENARIO_DIR / L3_SCENARIO
+    """init + scenario + verify + list commands in a throwaway sandbox, vs the evidence.
+    The scenario comes from the sandbox's scenarios/ (a failed check if it is not there)."""
+    try:
+        source = resolve_scenario(f"{SCENARIO_DIR}/{L3_SCENARIO}")
+    except CoordinatorError as exc:
+        return [_check("l3.scenario_file", False, exc.to_dict())]
     with tempfile.TemporaryDirectory(prefix="l3-health-") as tmp:
         root = Path(tmp)
         (root / SCENARIO_DIR).mkdir()

@@ -1,6 +1,8 @@
 """The sandbox allowlist: which files the CLIs may open.
 
-The sandbox root is the project root, or ``OS_SANDBOX_ROOT`` when set. Databases live
+The sandbox root is ``OS_SANDBOX_ROOT`` when set, else the current directory; never the
+folder the code is installed in (the bin/ shims set ``OS_SANDBOX_ROOT`` to their
+checkout, so there it is the project folder). Databases live
 under ``<root>/data/``, scenario files under ``<root>/scenarios/``, key files under
 ``<root>/keys/``. Paths are given relative to the root; absolute paths, ``..`` escapes,
 repo-prefixed forms (``g/sandbox/...`` or ``<root folder name>/...``) and symlinks
@@ -15,7 +17,6 @@ from typing import Final
 
 from schema.errors import ErrorCode, SandboxError
 
-PROJECT_ROOT: Final = Path(__file__).resolve().parents[2]
 DATA_DIR: Final = "data"
 SCENARIO_DIR: Final = "scenarios"
 #: key files (git-ignored): the ledger's checkpoint signing key, CURVE keys
@@ -25,8 +26,9 @@ REPO_PREFIXES: Final = ("g/sandbox/", "g/sandbox")
 
 
 def sandbox_root() -> Path:
+    """``$OS_SANDBOX_ROOT``, else the current directory (resolved)."""
     env = os.environ.get("OS_SANDBOX_ROOT")
-    return Path(env).resolve() if env else PROJECT_ROOT
+    return Path(env).resolve() if env else Path.cwd().resolve()
 
 
 def resolve(path: str, area: str, *, must_exist: bool) -> Path:

@@ -16,10 +16,15 @@ def refused(fn: object, path: str) -> SandboxError:
     return info.value
 
 
-def test_root_comes_from_the_environment(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_root_comes_from_the_environment(sandbox: Path, monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
     assert sb.sandbox_root() == sandbox.resolve()
     monkeypatch.delenv("OS_SANDBOX_ROOT")
-    assert sb.sandbox_root() == Path(__file__).resolve().parents[2]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # unset: the current directory, never the code's folder
+    assert sb.sandbox_root() == elsewhere.resolve()
+    assert sb.resolve_db(None) == elsewhere.resolve() / "data" / "os_sandbox.db"
 
 
 def test_allowed_paths_resolve_inside_the_root(sandbox: Path) -> None:
