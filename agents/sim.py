@@ -58,7 +58,7 @@ import zmq
 from agents.client import AgentClient
 from agents.tools.launch import stop_process
 from broker.security import CurvePaths, add_client_args, client_paths
-from ledger.runtime.service import install_stop_signals, setup_logging
+from ledger.runtime.service import add_version_arg, install_stop_signals, setup_logging
 from schema import wire
 from schema.endpoints import COORDINATOR, DEFAULT_FRONT, DEFAULT_PUB
 from schema.errors import CoordinatorError, ErrorCode
@@ -762,6 +762,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    "(default -1: all; 0: none)")
     add_client_args(p)
     p.add_argument("--verbose", action="store_true")
+    add_version_arg(p)
     args = p.parse_args(argv)
     try:
         curve = client_paths(args, args.name)

@@ -44,6 +44,7 @@ from broker.security import CurveServer, user_id
 from ledger.runtime.sandbox import resolve_key
 from ledger.runtime.service import (
     LINGER_MS,
+    add_version_arg,
     announce,
     install_stop_signals,
     positive_float,
@@ -552,6 +553,7 @@ def main(argv: list[str] | None = None) -> None:
                      help="directory under keys/ of allowed agents' public keys, e.g. "
                      "keys/allowed/ holding Liam.key: that key may connect, as 'Liam' only")
     p.add_argument("--verbose", action="store_true")
+    add_version_arg(p)
     args = p.parse_args(argv)
     setup_logging("broker", args.verbose)
     stop = install_stop_signals()

@@ -35,7 +35,7 @@ from agents.tools.launch import spawn, start_bus
 from ledger.log.verify import verify_chain_only, verify_store
 from ledger.log.verify_parallel import ChainHelper
 from ledger.plans.ledger import Ledger
-from ledger.runtime.service import announce
+from ledger.runtime.service import add_version_arg, announce
 from ledger.runtime.sockets import NOBLOCK, send_frames
 from ledger.storage import sqlite
 from ledger.storage.sqlite import SqliteStore
@@ -415,6 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--verify-events", type=int, default=100_000,
                    help="events in the verify/start database (default 100000)")
     p.add_argument("--out", default=None, help="JSON output (default logs/bench/<time>.json)")
+    add_version_arg(p)
     args = p.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))

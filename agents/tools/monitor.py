@@ -48,7 +48,7 @@ from broker.security import ClientKeys, add_client_args, client_paths, identity_
 from ledger.log.chain import GENESIS_HASH, event_hash
 from ledger.log.checkpoints import Checkpoint, CheckpointWatch, CheckResult, load_public_key
 from ledger.runtime.sandbox import resolve_key
-from ledger.runtime.service import install_stop_signals
+from ledger.runtime.service import add_version_arg, install_stop_signals
 from schema import wire
 from schema.endpoints import DEFAULT_FRONT, DEFAULT_PUB
 from schema.errors import CoordinatorError, ErrorCode, ProtocolError
@@ -708,6 +708,7 @@ def _parser() -> argparse.ArgumentParser:
                    metavar="S", help="ask again when a REPLAY gets no answer in S seconds "
                    f"(default {DEFAULT_REQUEST_TIMEOUT})")
     add_client_args(p)
+    add_version_arg(p)
     return p
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ledger.runtime.sandbox import DEFAULT_DB, resolve_db
+from ledger.runtime.service import add_version_arg
 from ledger.storage.sqlite import SqliteStore
 from schema.errors import CoordinatorError, ErrorCode, StorageError
 
@@ -31,8 +32,10 @@ class JsonArgumentParser(argparse.ArgumentParser):
 
 
 def parser(prog: str, description: str, epilog: str | None = None) -> JsonArgumentParser:
-    return JsonArgumentParser(prog=prog, description=description, epilog=epilog,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = JsonArgumentParser(prog=prog, description=description, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_arg(p)
+    return p
 
 
 def add_db_arg(p: argparse.ArgumentParser) -> None:

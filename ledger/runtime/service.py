@@ -1,20 +1,56 @@
 """What the long-running processes (ledger, broker, agents, monitor) share:
-stop on SIGINT/SIGTERM, one JSON "ready" line on stdout, logs on stderr."""
+stop on SIGINT/SIGTERM, one JSON "ready" line on stdout, logs on stderr; and what every
+command shares: ``--version``."""
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import logging
 import math
 import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 #: How long a closing socket may still flush queued messages (ms); never forever.
 LINGER_MS = 500
+#: The distribution the console scripts come from (pyproject.toml, [project] name).
+DISTRIBUTION: Final = "l3-coordinator"
+
+
+def package_version() -> str:
+    """The installed version of :data:`DISTRIBUTION` (its metadata), ``"unknown"`` when
+    the code runs without being installed."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: one JSON object ``{"name": PROG, "version": V}`` on stdout, exit 0
+    (argparse's own version action prints plain text; our commands print JSON)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        sys.stdout.write(json.dumps({"name": parser.prog, "version": package_version()})
+                         + "\n")
+        sys.stdout.flush()
+        parser.exit()
+
+
+def add_version_arg(parser: argparse.ArgumentParser) -> None:
+    """Give a command ``--version`` (every bin/ command and os-* script has it)."""
+    parser.add_argument("--version", action=_VersionAction,
+                        help='print {"name": ..., "version": ...} as JSON and exit')
 
 
 def install_stop_signals() -> threading.Event:

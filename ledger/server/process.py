@@ -42,6 +42,7 @@ from ledger.queries import reads as queries
 from ledger.runtime.sandbox import resolve_db, resolve_key, resolve_output_dir, sandbox_root
 from ledger.runtime.service import (
     LINGER_MS,
+    add_version_arg,
     announce,
     install_stop_signals,
     positive_float,
@@ -522,6 +523,7 @@ def main(argv: list[str] | None = None) -> None:
                    "with status 3. full: the same page check before serving (start-up "
                    "time grows with the file). tail: no page check")
     p.add_argument("--verbose", action="store_true")
+    add_version_arg(p)
     args = p.parse_args(argv)
     setup_logging("ledger", args.verbose)
     stop = install_stop_signals()
