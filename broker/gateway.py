@@ -269,8 +269,14 @@ class Broker:
                                          f"frame of {too_big} bytes exceeds the limit of "
                                          f"{wire.MAX_FRAME_BYTES}")
             request_id = wire.header_id(body)
-            header, data = wire.decode_parts(body)
-            msg = wire.from_parts(*normalise(header, data))
+            header, data = normalise(*wire.decode_parts(body))
+            kind = header.get("type")
+            if isinstance(kind, str) and kind in wire.PUBLIC_TYPES \
+                    and kind not in wire.REQUEST_TYPES:
+                # before its body is validated: the answer is about the type, not the body
+                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{kind} is not a request",
+                                    field="type")
+            msg = wire.from_parts(header, data)
             request_id = msg.id
             is_command = isinstance(msg, wire.CommandMsg)
             if identity is not None and msg.actor is not None and msg.actor != identity:

@@ -126,7 +126,10 @@ def answer_query(store: SqliteStore, msg: Any,
 
     def param(name: str) -> str:
         value = params.get(name)
-        if not isinstance(value, str) or not value:
+        if value is not None and not isinstance(value, str):
+            raise CoordinatorError(ErrorCode.INVALID_TYPE, f"params.{name}: must be a string",
+                                   field=f"params.{name}")
+        if not value:
             raise CoordinatorError(ErrorCode.MISSING_FIELD, f"params.{name}: required",
                                    field=f"params.{name}")
         return value
