@@ -783,7 +783,7 @@ def run_monitor(argv: list[str] | None = None, *, out: TextIO | None = None,
         if args.format == "table":
             printer.line(TABLE_HEADER)
         else:
-            printer.json({"ready": True, "role": "monitor", "broker": args.broker,
+            printer.json({"ok": True, "ready": True, "role": "monitor", "broker": args.broker,
                           "pub": args.pub, "from_seq": args.from_seq, "live": args.live})
         quiet_since = time.monotonic()
         done = args.until_seq is not None and args.until_seq <= args.from_seq
