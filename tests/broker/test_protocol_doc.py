@@ -14,19 +14,19 @@ import json
 import re
 import socket
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import msgpack
 import pytest
 import zmq
 
-from agents.tools.launch import LOOPBACK_ANY, Bus, Child, spawn, start_bus
+from agents.tools.launch import Bus, Child
 from schema.errors import ErrorCode
+from tests.support.buses import BusFactory
 from tests.support.docs import read, section, tables
 from tests.support.helpers import ROOT
+from tests.support.sockets import Context
 
 PROTOCOL: Final = b"L3BUS/1"
 TIMEOUT: Final = 10.0
@@ -160,14 +160,7 @@ class Buses:
     down: Child  # a broker whose ledger is not there
 
 
-@pytest.fixture(scope="module")
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.term()
-
-
-def exchange(ctx: zmq.Context[zmq.Socket[bytes]], front: str, frames: list[bytes]
+def exchange(ctx: Context, front: str, frames: list[bytes]
              ) -> tuple[dict[str, Any], dict[str, Any]]:
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
@@ -182,14 +175,14 @@ def exchange(ctx: zmq.Context[zmq.Socket[bytes]], front: str, frames: list[bytes
         sock.close()
 
 
-def command(ctx: zmq.Context[zmq.Socket[bytes]], front: str, body: dict[str, Any],
+def command(ctx: Context, front: str, body: dict[str, Any],
             command_id: str | None = None) -> dict[str, Any]:
     header = {"type": "COMMAND", "id": command_id or f"doc-setup-{uuid.uuid4().hex[:8]}",
               "actor": "Liam", "session_id": "S-DOC"}
     return exchange(ctx, front, [PROTOCOL, _frame(header), _frame({"command": body})])[1]
 
 
-def head_seq(ctx: zmq.Context[zmq.Socket[bytes]], front: str) -> int:
+def head_seq(ctx: Context, front: str) -> int:
     _, reply = exchange(ctx, front, [PROTOCOL, _frame({"type": "PING", "id": "doc-head"}),
                                      _frame({})])
     return int(reply["result"]["head_seq"])
@@ -211,32 +204,13 @@ SETUP: Final = [  # the state the doc's case table is written against
 
 
 @pytest.fixture(scope="module")
-def buses(tmp_path_factory: pytest.TempPathFactory,
-          ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Buses]:
-    root = tmp_path_factory.mktemp("doc")
-    env = {"OS_SANDBOX_ROOT": str(root)}
-    with start_bus("data/doc.db", env=env, log_dir=root) as live:
-        down = spawn("broker", "broker.gateway",
-                     ["--front", LOOPBACK_ANY, "--pub", LOOPBACK_ANY, "--ledger",
-                      _free_endpoint(), "--ledger-pub", _free_endpoint()], env=env)
-        try:
-            ping = [PROTOCOL, _frame({"type": "PING", "id": "doc-ping"}), _frame({})]
-            probe = ctx.socket(zmq.SUB)  # pace on the broker's heartbeat, no sleep
-            probe.linger = 0
-            probe.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
-            probe.connect(live.pub)
-            try:
-                while not exchange(ctx, live.front, ping)[1]["result"]["ledger_up"]:
-                    assert probe.poll(int(TIMEOUT * 1000)), "the ledger did not come up"
-                    probe.recv_multipart()
-            finally:
-                probe.close()
-            for body, command_id in SETUP:
-                reply = command(ctx, live.front, body, command_id)
-                assert reply["status"] == "APPLIED", reply
-            yield Buses(live, down)
-        finally:
-            down.stop()
+def buses(module_bus_factory: BusFactory, module_zmq_ctx: Context) -> Buses:
+    live = module_bus_factory.start("data/doc.db", ready=True)
+    down = module_bus_factory.broker(_free_endpoint(), _free_endpoint())
+    for body, command_id in SETUP:
+        reply = command(module_zmq_ctx, live.front, body, command_id)
+        assert reply["status"] == "APPLIED", reply
+    return Buses(live, down)
 
 
 def _answer(reply_header: dict[str, Any], reply: dict[str, Any]
@@ -247,11 +221,11 @@ def _answer(reply_header: dict[str, Any], reply: dict[str, Any]
     return error.get("code"), error.get("field"), reply["status"]
 
 
-def test_every_documented_refusal_case(buses: Buses, ctx: zmq.Context[zmq.Socket[bytes]],
-                                       tmp_path: Path) -> None:
+def test_every_documented_refusal_case(buses: Buses, module_zmq_ctx: Context) -> None:
     """Each row: code, field and status from a live bus, the echoed id, and the same
     (broker) or LEDGER_UNAVAILABLE (ledger) from the broker without a ledger. Only the
     CONFLICT rows write (one event each)."""
+    ctx = module_zmq_ctx
     front, down = buses.live.front, buses.down.endpoints["front"]
     start = head_seq(ctx, front)
     wrong = []

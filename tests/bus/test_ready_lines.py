@@ -13,19 +13,16 @@ import re
 import select
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
-import msgpack
 import pytest
-import zmq
 
+from agents.client import AgentClient
 from agents.tools.launch import LOOPBACK_ANY, stop_process
 from tests.support.docs import read, section, tables
-from tests.support.helpers import SCENARIO_DIR
 
 BIN: Final = Path(sys.executable).parent
 READY: Final = section(read("OPERATIONS.md"), "Ready lines")
@@ -73,12 +70,8 @@ def first_line(proc: subprocess.Popen[str], timeout: float = TIMEOUT) -> dict[st
 
 
 @pytest.fixture
-def sandbox_env(tmp_path: Path) -> dict[str, str]:
-    root = tmp_path / "sbx"
-    (root / "scenarios").mkdir(parents=True)
-    for src in SCENARIO_DIR.glob("*.json"):
-        (root / "scenarios" / src.name).write_bytes(src.read_bytes())
-    return {**os.environ, "OS_SANDBOX_ROOT": str(root)}
+def sandbox_env(sandbox: Path) -> dict[str, str]:
+    return {**os.environ, "OS_SANDBOX_ROOT": str(sandbox)}
 
 
 class Procs:
@@ -121,30 +114,10 @@ def start_broker(procs: Procs, ledger: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
-def wait_ledger_up(front: str, pub: str) -> None:
-    """PING the broker until it has reached the ledger, paced by its heartbeats."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    dealer, sub = ctx.socket(zmq.DEALER), ctx.socket(zmq.SUB)
-    try:
-        for sock in (dealer, sub):
-            sock.linger = 0
-        sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
-        sub.connect(pub)
-        dealer.connect(front)
-        deadline = time.monotonic() + TIMEOUT
-        ping = [b"L3BUS/1", msgpack.packb({"type": "PING", "id": "ping"}), msgpack.packb({})]
-        while True:
-            dealer.send_multipart(ping)
-            assert dealer.poll(int(TIMEOUT * 1000)), "no answer to PING"
-            if msgpack.unpackb(dealer.recv_multipart()[2])["result"]["ledger_up"]:
-                return
-            assert time.monotonic() < deadline, "the broker never reached the ledger"
-            assert sub.poll(int(TIMEOUT * 1000)), "no heartbeat"
-            sub.recv_multipart()
-    finally:
-        dealer.close()
-        sub.close()
-        ctx.term()
+def wait_ledger_up(front: str) -> None:
+    """PING the broker until it reports the ledger up (it reached the bound ports)."""
+    with AgentClient(front, "probe", timeout=2) as probe:
+        assert probe.wait_ready(timeout=TIMEOUT)["ledger_up"] is True
 
 
 # --- the ready lines ---------------------------------------------------------------------
@@ -179,7 +152,7 @@ def test_broker_ready_line_and_the_free_ports_work(procs: Procs) -> None:
     assert line["endpoints"]["ledger_pub"] == ledger["endpoints"]["events"]
     for name in ("front", "pub"):
         assert BOUND.fullmatch(line["endpoints"][name]), line
-    wait_ledger_up(line["endpoints"]["front"], line["endpoints"]["pub"])
+    wait_ledger_up(line["endpoints"]["front"])
 
 
 def test_monitor_ready_line(procs: Procs) -> None:
