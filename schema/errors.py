@@ -43,6 +43,9 @@ class ErrorCode(StrEnum):
     DB_NOT_INITIALISED = "DB_NOT_INITIALISED"
     DB_ERROR = "DB_ERROR"
     DB_BUSY = "DB_BUSY"
+    #: a database the ledger has no backend for: a postgresql:// URL (not yet), a URL
+    #: of another scheme, a store that exists only inside another process
+    DB_UNSUPPORTED = "DB_UNSUPPORTED"
     #: the database file fails PRAGMA quick_check/integrity_check, is not a ledger
     #: database, or its chain tail is broken: the ledger refuses to start on it
     DB_DAMAGED = "DB_DAMAGED"

@@ -1,9 +1,16 @@
 """The storage interface of the ledger (L0 state + L1 log + command records).
 
-A backend is one module implementing :class:`Store` (see :mod:`ledger.sqlite` and
-:mod:`ledger.memory`); tests/test_store_contract.py runs the same contract against each.
-Driver errors never leave a backend raw: they become :class:`ledger.errors.StorageError`
-at the transaction boundary.
+A backend implements :class:`Store` (its stores), :class:`ReadSnapshot` (one consistent
+read view of a store), :class:`Inspection` (a read-only look at a store that may be
+damaged, for the start-up and integrity checks) and :class:`Backend` (opens all three
+from a :class:`Locator`). :mod:`ledger.storage.factory` is the one place that turns what
+the user typed (``data/x.db``, a URL) into a locator and a backend; nothing above L0
+names a backend. Backends today: :mod:`ledger.storage.sqlite` (with
+:mod:`ledger.storage.sqlite_integrity`) and :mod:`ledger.storage.memory`.
+tests/ledger/test_store_contract.py runs one contract against each.
+
+Driver errors never leave a backend raw: each backend translates them into
+:class:`schema.errors.StorageError` in one function of its own.
 """
 
 from __future__ import annotations
@@ -12,9 +19,52 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 from ledger.storage.rows import Event, Item, Link, Plan, State
+from schema.errors import ErrorCode, StorageError
+
+#: How hard a commit is made durable: ``full`` survives a power loss, ``normal`` a
+#: process crash only, ``off`` nothing (bulk fills in benchmarks and tests).
+Durability = Literal["full", "normal", "off"]
+#: One event row as a backend reads it: the values of :data:`schema.vocabulary.EVENT_COLUMNS`
+#: in that order (a plain tuple: verify_chain reads millions of them).
+EventRow = tuple[Any, ...]
+#: The tables every ledger store holds.
+LEDGER_TABLES: Final = ("meta", "events", "commands", "plans", "plan_items", "plan_links")
+#: :meth:`ReadSnapshot.table_rows` takes one of these.
+PLANS, ITEMS, LINKS = 0, 1, 2
+#: What every DB_DAMAGED message ends with: where to look next.
+DAMAGE_HINT: Final = "run bin/verify_chain --db {db} to see where"
+
+
+@dataclass(frozen=True, slots=True)
+class Locator:
+    """Where a store lives, as the factory resolved it: enough to open the same store
+    again in another process (:class:`ledger.log.verify_parallel.ChainHelper` does), and
+    nothing a report should not print. Picklable.
+
+    ``scheme`` names the backend (``sqlite``, ``memory``; ``postgresql`` later),
+    ``address`` is what that backend opens (SQLite: the absolute file path),
+    ``shown`` is what reports and the ready line print (SQLite: the path relative to
+    the sandbox root, e.g. ``data/x.db``), ``name`` the short name error messages use
+    (SQLite: the file name).
+    """
+
+    scheme: str
+    address: str
+    shown: str
+    name: str
+
+    def describe(self) -> str:
+        return self.shown
+
+
+def damaged(name: str, what: str, **details: Any) -> StorageError:
+    """StorageError(DB_DAMAGED) for store ``name``, saying what failed and where to look."""
+    return StorageError(ErrorCode.DB_DAMAGED,
+                        f"{name}: {what}; the ledger will not serve it "
+                        f"({DAMAGE_HINT.format(db=name)})", details=details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +154,155 @@ class Transaction(StateWriter):
             self.update_item(item)
 
 
+class ReadSnapshot(ABC):
+    """One consistent read view of a store: the log and the tables as they were at one
+    moment, whatever commits meanwhile (SQLite: one read transaction). Rows come as plain
+    tuples, in batches; this is verify_chain's and the start-up check's way in.
+
+    Used as a context manager (:meth:`Store.read_snapshot`, :meth:`Inspection.snapshot`);
+    nothing may be read from it once the ``with`` block is left.
+    """
+
+    @abstractmethod
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last event, or (0, genesis) for an empty log."""
+
+    @abstractmethod
+    def first_seq(self) -> int | None:
+        """The lowest seq in the log (None: no events)."""
+
+    @abstractmethod
+    def event_count(self) -> int: ...
+
+    @abstractmethod
+    def event_rows(self, after: int = 0, upto: int | None = None, *,
+                   short: bool = False) -> Iterator[list[EventRow]]:
+        """The rows with ``after < seq <= upto`` (no ``upto``: to the end) in seq order, a
+        batch at a time. ``short``: only :data:`ledger.log.replay.SHORT_COLUMNS` and the
+        payload (what the replay alone needs)."""
+
+    @abstractmethod
+    def last_rows(self, n: int) -> list[EventRow]:
+        """The last ``n`` event rows, newest first."""
+
+    @abstractmethod
+    def row_upto(self, seq: int) -> tuple[int, str] | None:
+        """(seq, hash) of the last event with ``1 <= seq' <= seq``, if any."""
+
+    @abstractmethod
+    def newest_command_seq(self) -> int | None:
+        """The event seq of the command record written last (None: no record with an
+        event). Command records are never deleted, so this is the newest commit's."""
+
+    @abstractmethod
+    def table_rows(self, which: int) -> Iterator[Sequence[Any]]:
+        """The rows of plans (:data:`PLANS`), plan_items (:data:`ITEMS`) or plan_links
+        (:data:`LINKS`) as tuples in field order, in the order of :meth:`Store.list_plans`,
+        :meth:`Store.list_items` and :meth:`Store.list_links`."""
+
+    def load_state(self) -> State:
+        state = State()
+        state.plans = {row[0]: Plan(*row) for row in self.table_rows(PLANS)}
+        state.items = {row[0]: Item(*row) for row in self.table_rows(ITEMS)}
+        state.links = {row[0]: Link(*row) for row in self.table_rows(LINKS)}
+        return state
+
+
+@dataclass(frozen=True, slots=True)
+class DamageReport:
+    """What a full integrity check found wrong in a store (None from a sound one):
+    ``check`` names the check (SQLite: ``PRAGMA integrity_check``), ``messages`` are its
+    own words, ``tables`` the ledger tables they concern, ``truncated`` a truncation the
+    store's own header reveals, then how far the event log can still be read (the
+    count, the last seq, and the error that stopped the read, if one did)."""
+
+    name: str
+    check: str
+    messages: list[str]
+    tables: list[str]
+    truncated: str | None
+    events_readable: int
+    last_readable_seq: int
+    read_error: str | None
+
+
+class Inspection(ABC):
+    """A read-only look at a store that may be damaged, for the start-up checks and the
+    damage report: opening it requires neither the schema nor sound data, and it never
+    writes (SQLite: ``mode=ro``, so not even a WAL checkpoint). Every failure arrives as
+    StorageError: DB_DAMAGED when the data itself is damaged, else DB_ERROR or DB_BUSY.
+    Use as a context manager."""
+
+    @abstractmethod
+    def tables(self) -> set[str]:
+        """The names of the tables the store holds (empty for an empty file)."""
+
+    @abstractmethod
+    def snapshot(self) -> AbstractContextManager[ReadSnapshot]:
+        """A read snapshot through this inspection's connection."""
+
+    @abstractmethod
+    def check_pages(self) -> None:
+        """The structural check whose time grows with the store (SQLite: ``PRAGMA
+        quick_check``); inside :meth:`snapshot`, of that snapshot. Raises DB_DAMAGED."""
+
+    @abstractmethod
+    def damage(self) -> DamageReport | None:
+        """The full integrity check (SQLite: ``PRAGMA integrity_check``); None if sound."""
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """Make a check running on another thread stop soon (it then raises a
+        StorageError that is not DB_DAMAGED). Safe to call at any time."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Inspection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Store(StateReader):
     """A ledger database. Reads outside a transaction see the last committed state."""
+
+    @property
+    @abstractmethod
+    def locator(self) -> Locator:
+        """Where this store lives: :func:`ledger.storage.factory.open_store` opens it again
+        from this (in another process, too, unless the backend is in-memory)."""
+
+    def describe(self) -> str:
+        """What a report prints for this store (``data/x.db``)."""
+        return self.locator.describe()
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Transaction]:
         """Begin a write transaction; commit on normal exit, roll back on exception."""
+
+    @abstractmethod
+    def read_snapshot(self) -> AbstractContextManager[ReadSnapshot]:
+        """A read view consistent across the log and the tables (see :class:`ReadSnapshot`);
+        commits made meanwhile, through this store or any other, stay out of it."""
+
+    def snapshot(self) -> tuple[int, str, State]:
+        """Head seq, head hash and the whole state, from one :meth:`read_snapshot`
+        (what a signed checkpoint signs)."""
+        with self.read_snapshot() as snap:
+            seq, head_hash = snap.head()
+            return seq, head_hash, snap.load_state()
+
+    @abstractmethod
+    def integrity_check(self) -> DamageReport | None:
+        """The backend's full integrity check of this store; None if it is sound."""
+
+    def maintenance(self) -> dict[str, Any]:
+        """Housekeeping the owner runs when it suits it, off the commit path (SQLite: a
+        PASSIVE WAL checkpoint, with ``manual_maintenance``). Returns what it did, for the
+        log; never blocks readers. Default: nothing to do."""
+        return {}
 
     @abstractmethod
     def head(self) -> tuple[int, str]: ...
@@ -165,3 +358,35 @@ class Store(StateReader):
 EVENT_FILTER_COLUMNS = frozenset(
     {"session_id", "task_id", "plan_id", "item_id", "actor", "event_type", "command_id"}
 )
+
+
+class Backend(ABC):
+    """One storage engine, as :mod:`ledger.storage.factory` sees it: it opens, creates and
+    inspects the stores its locators name. One instance per backend module."""
+
+    #: the Locator scheme it serves
+    scheme: str
+    #: the version of the schema it creates (bin/init_db prints it)
+    schema_version: str
+
+    @abstractmethod
+    def open(self, locator: Locator, *, readonly: bool, durability: Durability,
+             manual_maintenance: bool) -> Store:
+        """Open an existing store; DB_NOT_INITIALISED if it has no ledger schema."""
+
+    @abstractmethod
+    def initialise(self, locator: Locator) -> bool:
+        """Create the store and its schema, or add what is missing (idempotent; data is
+        kept). Returns True if the store is new."""
+
+    @abstractmethod
+    def exists(self, locator: Locator) -> bool:
+        """Whether anything is there yet (a damaged store exists)."""
+
+    def size_bytes(self, locator: Locator) -> int | None:
+        """About how big the store is, if the backend can say cheaply (None: it cannot)."""
+        return None
+
+    @abstractmethod
+    def inspect(self, locator: Locator) -> Inspection:
+        """A read-only :class:`Inspection` of what is there, damaged or not."""

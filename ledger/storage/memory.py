@@ -1,19 +1,38 @@
-"""In-memory backend of :class:`ledger.persistence.Store`.
+"""In-memory backend of :class:`ledger.storage.base.Store`.
 
-Used by verify_chain to replay the log into a fresh state, and by the store contract
-tests as the second implementation that keeps the interface honest. Not durable.
+Used by the replay (:class:`MemoryState`), and by the store contract tests as the second
+implementation that keeps the interface honest. Not durable, and it exists only in the
+process that made it: its locator cannot be opened again (DB_UNSUPPORTED).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import astuple
+from itertools import islice
+from typing import Any, Final
 
-from ledger.log.chain import GENESIS_HASH
-from ledger.storage.base import EVENT_FILTER_COLUMNS, CommandRecord, Store, Transaction
+from ledger.log.chain import GENESIS_HASH, event_row
+from ledger.storage.base import (
+    EVENT_FILTER_COLUMNS,
+    Backend,
+    CommandRecord,
+    DamageReport,
+    Durability,
+    EventRow,
+    Inspection,
+    Locator,
+    ReadSnapshot,
+    Store,
+    Transaction,
+)
 from ledger.storage.rows import Event, Item, Link, Plan, State
-from schema.errors import ErrorCode, StorageError
+from schema.errors import CoordinatorError, ErrorCode, StorageError
+
+SCHEME: Final = "memory"
+#: Event rows per batch of a read snapshot.
+BATCH: Final = 500
 
 
 class MemoryState(Transaction):
@@ -93,9 +112,79 @@ class MemoryState(Transaction):
         self.commands[record.command_id] = record
 
 
+def _plans(state: State) -> list[Plan]:
+    return sorted(state.plans.values(), key=lambda p: p.plan_id)
+
+
+def _items(state: State, plan_id: str | None = None) -> list[Item]:
+    items = [i for i in state.items.values() if plan_id is None or i.plan_id == plan_id]
+    return sorted(items, key=lambda i: (i.plan_id, i.item_id) if plan_id is None
+                  else ("", i.item_id))
+
+
+def _links(state: State, plan_id: str | None = None) -> list[Link]:
+    links = [lk for lk in state.links.values() if plan_id is None or lk.plan_id == plan_id]
+    return sorted(links, key=lambda lk: lk.link_id)
+
+
+class MemorySnapshot(ReadSnapshot):
+    """A read snapshot of a MemoryStore: the committed data it held on entry (a commit
+    publishes new data and leaves the old as it was)."""
+
+    def __init__(self, data: MemoryState) -> None:
+        self._data = data
+
+    def head(self) -> tuple[int, str]:
+        return self._data.head()
+
+    def first_seq(self) -> int | None:
+        return self._data.events[0].seq if self._data.events else None
+
+    def event_count(self) -> int:
+        return len(self._data.events)
+
+    def event_rows(self, after: int = 0, upto: int | None = None, *,
+                   short: bool = False) -> Iterator[list[EventRow]]:
+        chosen = (e for e in self._data.events
+                  if e.seq > after and (upto is None or e.seq <= upto))
+        rows = ((e.seq, e.hash, e.ts, e.event_type, e.payload) if short else event_row(e)
+                for e in chosen)
+        while batch := list(islice(rows, BATCH)):
+            yield batch
+
+    def last_rows(self, n: int) -> list[EventRow]:
+        return [event_row(e) for e in reversed(self._data.events[-n:])] if n > 0 else []
+
+    def row_upto(self, seq: int) -> tuple[int, str] | None:
+        before = [e for e in self._data.events if 1 <= e.seq <= seq]
+        return (before[-1].seq, before[-1].hash) if before else None
+
+    def newest_command_seq(self) -> int | None:
+        seqs = [r.seq for r in self._data.commands.values() if r.seq is not None]
+        return seqs[-1] if seqs else None
+
+    def table_rows(self, which: int) -> Iterator[Sequence[Any]]:
+        state = self._data.state
+        rows: list[Plan] | list[Item] | list[Link] = (
+            _plans(state), _items(state), _links(state))[which]
+        return (astuple(row) for row in rows)
+
+
 class MemoryStore(Store):
     def __init__(self) -> None:
         self._data = MemoryState()
+        self._locator = Locator(SCHEME, f"{id(self):x}", "memory", "memory")
+
+    @property
+    def locator(self) -> Locator:
+        return self._locator
+
+    @contextmanager
+    def read_snapshot(self) -> Iterator[ReadSnapshot]:
+        yield MemorySnapshot(self._data)
+
+    def integrity_check(self) -> DamageReport | None:
+        return None  # nothing below the rows to be damaged
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -127,18 +216,13 @@ class MemoryStore(Store):
         return self._data.head()
 
     def list_plans(self) -> list[Plan]:
-        return sorted(self._data.state.plans.values(), key=lambda p: p.plan_id)
+        return _plans(self._data.state)
 
     def list_items(self, plan_id: str | None = None) -> list[Item]:
-        items = [i for i in self._data.state.items.values()
-                 if plan_id is None or i.plan_id == plan_id]
-        return sorted(items, key=lambda i: (i.plan_id, i.item_id) if plan_id is None
-                      else ("", i.item_id))
+        return _items(self._data.state, plan_id)
 
     def list_links(self, plan_id: str | None = None) -> list[Link]:
-        links = [lk for lk in self._data.state.links.values()
-                 if plan_id is None or lk.plan_id == plan_id]
-        return sorted(links, key=lambda lk: lk.link_id)
+        return _links(self._data.state, plan_id)
 
     def get_command(self, command_id: str) -> CommandRecord | None:
         return self._data.get_command(command_id)
@@ -171,3 +255,30 @@ class MemoryStore(Store):
 
     def close(self) -> None:
         pass
+
+
+class MemoryBackend(Backend):
+    """In-memory stores cannot be opened from a locator: they live in one process."""
+
+    scheme = SCHEME
+    schema_version = "-"
+
+    @staticmethod
+    def _refuse(locator: Locator) -> CoordinatorError:
+        return CoordinatorError(ErrorCode.DB_UNSUPPORTED,
+                                f"{locator.describe()}: an in-memory store exists only in "
+                                "the process that made it; it cannot be opened again",
+                                field="db")
+
+    def open(self, locator: Locator, *, readonly: bool = False,
+             durability: Durability = "full", manual_maintenance: bool = False) -> Store:
+        raise self._refuse(locator)
+
+    def initialise(self, locator: Locator) -> bool:
+        raise self._refuse(locator)
+
+    def exists(self, locator: Locator) -> bool:
+        return False
+
+    def inspect(self, locator: Locator) -> Inspection:
+        raise self._refuse(locator)

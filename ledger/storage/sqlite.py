@@ -1,8 +1,11 @@
-"""SQLite backend of :class:`ledger.persistence.Store` (WAL mode, one writer).
+"""SQLite backend of :class:`ledger.storage.base.Store` (WAL mode, one writer).
 
 Durability: ``synchronous=FULL`` by default, so a committed transaction survives a
 process crash and a power loss; ``normal`` survives a process crash only (the last
-commits may be lost on power loss). Every sqlite3 error becomes a StorageError here.
+commits may be lost on power loss). Every sqlite3 error becomes a StorageError in one
+place, :func:`storage_error`. The integrity checks (``PRAGMA quick_check`` and
+``integrity_check``, reading a damaged file) are in :mod:`ledger.storage.sqlite_integrity`.
+This module and that one are the only importers of ``sqlite3``.
 """
 
 from __future__ import annotations
@@ -12,34 +15,107 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import quote
 
 from ledger.log.chain import GENESIS_HASH
-from ledger.storage.base import EVENT_FILTER_COLUMNS, CommandRecord, Store, Transaction
-from ledger.storage.rows import Event, Item, Link, Plan, State
+from ledger.storage.base import (
+    EVENT_FILTER_COLUMNS,
+    Backend,
+    CommandRecord,
+    DamageReport,
+    Durability,
+    EventRow,
+    Inspection,
+    Locator,
+    ReadSnapshot,
+    Store,
+    Transaction,
+    damaged,
+)
+from ledger.storage.rows import Event, Item, Link, Plan
 from schema.errors import ErrorCode, StorageError
 from schema.vocabulary import EVENT_COLUMNS, ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS
+
+__all__ = ["SCHEMA_VERSION", "Durability", "SqliteBackend", "SqliteStore", "file_locator",
+           "initialise", "storage_error"]
 
 #: the SQL files are package data of ``schema`` (importlib.resources: works installed too)
 SCHEMA_DIR: Final = files("schema")
 SCHEMA_FILES: Final = ("plan_schema.sql", "event_log_schema.sql")
 SCHEMA_VERSION: Final = "1"
-Durability = Literal["full", "normal", "off"]
+SCHEME: Final = "sqlite"
 
 _PLAN_COLS: Final = ", ".join(PLAN_COLUMNS)
 _ITEM_COLS: Final = ", ".join(ITEM_COLUMNS)
 _LINK_COLS: Final = ", ".join(LINK_COLUMNS)
 _EVENT_COLS: Final = ", ".join(EVENT_COLUMNS)
 _COMMAND_COLS: Final = "command_id, fingerprint, status, seq, outcome, ts"
+#: what the replay alone needs: ledger.log.replay.SHORT_COLUMNS, then the payload
+_SHORT_COLS: Final = "seq, hash, ts, event_type, payload"
+#: the orders of list_plans / list_items / list_links (Store.load_state)
+_TABLE_SQL: Final = (f"SELECT {_PLAN_COLS} FROM plans ORDER BY plan_id",
+                     f"SELECT {_ITEM_COLS} FROM plan_items ORDER BY plan_id, item_id",
+                     f"SELECT {_LINK_COLS} FROM plan_links ORDER BY link_id")
 #: Most parameters in one ``IN (...)`` list (SQLite allows 32766 since 3.32).
 _IN_CHUNK: Final = 500
+#: Event rows fetched at a time by a read snapshot.
+BATCH: Final = 500
+#: SQLite error names that mean the file itself is damaged (rather than busy, locked
+#: or unreadable for lack of permission).
+DAMAGE_ERRORS: Final = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR_SHORT_READ",
+                        "SQLITE_FORMAT")
 
 
-def _storage_error(exc: sqlite3.Error, doing: str) -> StorageError:
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Whether an sqlite3 error says the file itself is damaged."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
     text = str(exc)
+    return (name.startswith(DAMAGE_ERRORS) or "malformed" in text
+            or "not a database" in text)
+
+
+def storage_error(exc: sqlite3.Error, doing: str, *, name: str | None = None,
+                  damage: bool = False) -> StorageError:
+    """THE translation of an sqlite3 error: DB_BUSY for a lock held too long, DB_ERROR
+    otherwise. ``damage`` (the integrity checks, which read files that may be damaged):
+    an error that says the file is damaged is DB_DAMAGED, with the hint where to look.
+    ``name``: the file name the message starts with."""
+    text = str(exc)
+    if damage and is_damage(exc):
+        return damaged(name or "the database", f"{doing}: {text}",
+                       sqlite_error=getattr(exc, "sqlite_errorname", None))
     code = ErrorCode.DB_BUSY if "locked" in text or "busy" in text else ErrorCode.DB_ERROR
-    return StorageError(code, f"{doing}: {text}")
+    return StorageError(code, f"{name}: {doing}: {text}" if name else f"{doing}: {text}")
+
+
+#: the old private name, for the modules that still catch sqlite3 errors themselves
+_storage_error = storage_error
+
+
+def file_locator(path: Path, shown: str | None = None) -> Locator:
+    """The locator of the SQLite file at ``path`` (``shown``: what reports print; default
+    the path itself). For the factory, and for tools and tests that made the file."""
+    path = Path(path).resolve()
+    return Locator(SCHEME, str(path), shown or str(path), path.name)
+
+
+def connect(path: Path, *, readonly: bool, check_same_thread: bool = True
+            ) -> sqlite3.Connection:
+    """A connection in autocommit mode with a busy timeout; ``readonly``: ``mode=ro``
+    (nothing is ever written through it, not even a WAL checkpoint)."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True,
+                               isolation_level=None, check_same_thread=check_same_thread)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None,
+                               check_same_thread=check_same_thread)
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def initialise(path: Path) -> bool:
@@ -62,7 +138,7 @@ def initialise(path: Path) -> bool:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise _storage_error(exc, f"initialising {path.name}") from exc
+        raise storage_error(exc, f"initialising {path.name}") from exc
     return created
 
 
@@ -78,6 +154,93 @@ def _statements(script: str) -> Iterator[str]:
             buf = ""
     if buf.strip():
         yield buf
+
+
+class SqliteSnapshot(ReadSnapshot):
+    """A read snapshot on one connection: ``BEGIN`` on entry (SQLite then fixes the
+    snapshot at the first read), ``ROLLBACK`` on exit. Errors are translated with
+    ``doing`` (default: what each read does), ``name`` and ``damage`` as
+    :func:`storage_error` takes them."""
+
+    def __init__(self, conn: sqlite3.Connection, *, doing: str | None = None,
+                 name: str | None = None, damage: bool = False) -> None:
+        self.conn = conn
+        self._doing = doing
+        self._name = name
+        self._damage = damage
+
+    def _fail(self, exc: sqlite3.Error, doing: str) -> StorageError:
+        return storage_error(exc, self._doing or doing, name=self._name, damage=self._damage)
+
+    def __enter__(self) -> SqliteSnapshot:
+        try:
+            self.conn.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "beginning a read") from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn.in_transaction:
+            with suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+
+    def _one(self, sql: str, params: Sequence[Any] = (), doing: str = "reading events"
+             ) -> Any:
+        try:
+            return self.conn.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise self._fail(exc, doing) from exc
+
+    def head(self) -> tuple[int, str]:
+        row = self._one("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+    def first_seq(self) -> int | None:
+        # MIN on its own: one b-tree descent
+        (seq,) = self._one("SELECT MIN(seq) FROM events")
+        return seq if isinstance(seq, int) else None
+
+    def event_count(self) -> int:
+        (count,) = self._one("SELECT COUNT(*) FROM events")
+        return int(count)
+
+    def event_rows(self, after: int = 0, upto: int | None = None, *,
+                   short: bool = False) -> Iterator[list[EventRow]]:
+        sql = f"SELECT {_SHORT_COLS if short else _EVENT_COLS} FROM events WHERE seq > ?"
+        params: list[Any] = [after]
+        if upto is not None:
+            sql += " AND seq <= ?"
+            params.append(upto)
+        try:
+            cursor = self.conn.execute(sql + " ORDER BY seq", params)
+            while rows := cursor.fetchmany(BATCH):
+                yield rows
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "reading events") from exc
+
+    def last_rows(self, n: int) -> list[EventRow]:
+        try:
+            return self.conn.execute(f"SELECT {_EVENT_COLS} FROM events ORDER BY seq DESC "
+                                     "LIMIT ?", (n,)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "reading events") from exc
+
+    def row_upto(self, seq: int) -> tuple[int, str] | None:
+        row = self._one("SELECT seq, hash FROM events WHERE seq >= 1 AND seq <= ? "
+                        "ORDER BY seq DESC LIMIT 1", (seq,))
+        return (row[0], row[1]) if row else None
+
+    def newest_command_seq(self) -> int | None:
+        # rowids only grow: commands are never deleted
+        row = self._one("SELECT seq FROM commands WHERE seq IS NOT NULL "
+                        "ORDER BY rowid DESC LIMIT 1", doing="reading command records")
+        return row[0] if row else None
+
+    def table_rows(self, which: int) -> Iterator[Sequence[Any]]:
+        try:
+            yield from self.conn.execute(_TABLE_SQL[which])
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "reading") from exc
 
 
 class _Reads:
@@ -201,11 +364,14 @@ class SqliteStore(_Reads, Store):
     """A ledger database file. Writes go through :meth:`transaction` only."""
 
     def __init__(self, path: Path | str, *, readonly: bool = False,
-                 durability: Durability = "full", manual_checkpoints: bool = False) -> None:
+                 durability: Durability = "full", manual_checkpoints: bool = False,
+                 locator: Locator | None = None) -> None:
         """``manual_checkpoints``: no WAL checkpoint inside COMMIT (SQLite's automatic
         one, every 1000 WAL pages, delays the reply of whichever commit crosses the mark);
-        the owner calls :meth:`checkpoint` instead, when it suits it."""
+        the owner calls :meth:`maintenance` instead, when it suits it. ``locator``: how
+        the factory named the file (default: by its path)."""
         self.path = Path(path)
+        self._locator = locator or file_locator(self.path)
         self.readonly = readonly
         self.durability = durability
         self.manual_checkpoints = manual_checkpoints
@@ -219,25 +385,24 @@ class SqliteStore(_Reads, Store):
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
             ).fetchone()
         except sqlite3.Error as exc:
-            raise _storage_error(exc, f"opening {self.path.name}") from exc
+            raise storage_error(exc, f"opening {self.path.name}") from exc
         if not has_meta:
             self._conn.close()
             raise StorageError(ErrorCode.DB_NOT_INITIALISED,
                                f"{self.path} has no ledger schema; run bin/init_db first")
 
+    @property
+    def locator(self) -> Locator:
+        return self._locator
+
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
-        if readonly:
-            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None,
-                                   check_same_thread=False)
-        else:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = connect(self.path, readonly=readonly, check_same_thread=False)
+        if not readonly:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.durability.upper()}")
             conn.execute("PRAGMA foreign_keys=ON")
             if self.manual_checkpoints:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute("PRAGMA busy_timeout=5000")
         return conn
 
     @contextmanager
@@ -250,65 +415,77 @@ class SqliteStore(_Reads, Store):
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise _storage_error(exc, "beginning a transaction") from exc
+            raise storage_error(exc, "beginning a transaction") from exc
         try:
             yield _SqliteTx(conn)
         except BaseException as exc:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise _storage_error(exc, "writing") from exc
+                raise storage_error(exc, "writing") from exc
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            raise _storage_error(exc, "committing") from exc
+            raise storage_error(exc, "committing") from exc
 
-    def checkpoint(self) -> int:
-        """Copy committed WAL pages back into the database file (PASSIVE: never waits
-        for readers, never blocks them); returns how many pages the WAL holds."""
+    @contextmanager
+    def read_snapshot(self) -> Iterator[ReadSnapshot]:
+        """One read transaction on a read-only connection of its own (so the store's
+        other reads, on any thread, stay outside it), fixed on entry."""
+        try:
+            conn = self._connect(readonly=True)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, "reading events") from exc
+        try:
+            with SqliteSnapshot(conn) as snap:
+                snap.head()  # the first read fixes the snapshot: now, not at first use
+                yield snap
+        finally:
+            conn.close()
+
+    def maintenance(self) -> dict[str, Any]:
+        """A PASSIVE WAL checkpoint: committed WAL pages copied back into the database
+        file; never waits for readers, never blocks them. Returns ``{"wal_checkpoint":
+        "PASSIVE", "wal_pages": pages in the WAL, "checkpointed": pages copied}``
+        (nothing to do before the first write)."""
         if self._writer is None:
-            return 0
+            return {}
         try:
             row = self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
-            raise _storage_error(exc, "checkpointing the WAL") from exc
-        return int(row[1])
+            raise storage_error(exc, "checkpointing the WAL") from exc
+        return {"wal_checkpoint": "PASSIVE", "wal_pages": int(row[1]),
+                "checkpointed": int(row[2])}
+
+    def checkpoint(self) -> int:
+        """:meth:`maintenance`, as the ledger process still calls it: the WAL's pages."""
+        return int(self.maintenance().get("wal_pages", 0))
+
+    def integrity_check(self) -> DamageReport | None:
+        with SqliteBackend().inspect(self.locator) as inspection:
+            return inspection.damage()
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         try:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise _storage_error(exc, "reading") from exc
+            raise storage_error(exc, "reading") from exc
 
     def head(self) -> tuple[int, str]:
         try:
             return super().head()
         except sqlite3.Error as exc:
-            raise _storage_error(exc, "reading the chain head") from exc
-
-    def snapshot(self) -> tuple[int, str, State]:
-        """Head seq, head hash and the whole state, read in ONE read transaction: a
-        consistent snapshot even while another connection commits (signed checkpoints)."""
-        try:
-            self._conn.execute("BEGIN")
-            try:
-                seq, head_hash = _Reads.head(self)
-                state = self.load_state()
-            finally:
-                self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _storage_error(exc, "reading a snapshot") from exc
-        return seq, head_hash, state
+            raise storage_error(exc, "reading the chain head") from exc
 
     def list_plans(self) -> list[Plan]:
-        return [Plan(*r) for r in self._query(f"SELECT {_PLAN_COLS} FROM plans ORDER BY plan_id")]
+        return [Plan(*r) for r in self._query(_TABLE_SQL[0])]
 
     def list_items(self, plan_id: str | None = None) -> list[Item]:
         if plan_id is None:
-            rows = self._query(f"SELECT {_ITEM_COLS} FROM plan_items ORDER BY plan_id, item_id")
+            rows = self._query(_TABLE_SQL[1])
         else:
             rows = self._query(f"SELECT {_ITEM_COLS} FROM plan_items WHERE plan_id = ?"
                                " ORDER BY item_id", (plan_id,))
@@ -316,7 +493,7 @@ class SqliteStore(_Reads, Store):
 
     def list_links(self, plan_id: str | None = None) -> list[Link]:
         if plan_id is None:
-            rows = self._query(f"SELECT {_LINK_COLS} FROM plan_links ORDER BY link_id")
+            rows = self._query(_TABLE_SQL[2])
         else:
             rows = self._query(f"SELECT {_LINK_COLS} FROM plan_links WHERE plan_id = ?"
                                " ORDER BY link_id", (plan_id,))
@@ -345,7 +522,7 @@ class SqliteStore(_Reads, Store):
                 for row in rows:
                     yield Event(*row)
         except sqlite3.Error as exc:
-            raise _storage_error(exc, "reading events") from exc
+            raise storage_error(exc, "reading events") from exc
 
     def count_by(self, column: str) -> dict[str, int]:
         if column not in EVENT_FILTER_COLUMNS:
@@ -358,7 +535,7 @@ class SqliteStore(_Reads, Store):
         try:
             return super().get_command(command_id)
         except sqlite3.Error as exc:
-            raise _storage_error(exc, "reading a command record") from exc
+            raise storage_error(exc, "reading a command record") from exc
 
     def close(self) -> None:
         # the read-only connection first: the last one to close (the writer) can then
@@ -367,3 +544,32 @@ class SqliteStore(_Reads, Store):
             if conn is not None:
                 conn.close()
         self._writer = None
+
+
+class SqliteBackend(Backend):
+    """SQLite files: the locator's address is the file's absolute path."""
+
+    scheme = SCHEME
+    schema_version = SCHEMA_VERSION
+
+    def open(self, locator: Locator, *, readonly: bool = False,
+             durability: Durability = "full", manual_maintenance: bool = False
+             ) -> SqliteStore:
+        return SqliteStore(locator.address, readonly=readonly, durability=durability,
+                           manual_checkpoints=manual_maintenance, locator=locator)
+
+    def initialise(self, locator: Locator) -> bool:
+        return initialise(Path(locator.address))
+
+    def exists(self, locator: Locator) -> bool:
+        return Path(locator.address).exists()
+
+    def size_bytes(self, locator: Locator) -> int | None:
+        path = Path(locator.address)
+        return path.stat().st_size if path.is_file() else None
+
+    def inspect(self, locator: Locator) -> Inspection:
+        # imported here: the integrity module builds on this one
+        from ledger.storage.sqlite_integrity import SqliteInspection
+
+        return SqliteInspection(Path(locator.address), locator.name)

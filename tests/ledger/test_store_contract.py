@@ -1,22 +1,30 @@
-"""The Store contract (ledger.persistence.Store), run against every backend.
+"""The Store contract (ledger.storage.base.Store), run against every backend.
 
-``StoreContract`` only talks to the interface; each backend is one subclass providing the
-``store`` fixture. A PostgreSQL backend would add one more subclass here.
+``StoreContract`` only talks to the interface and to the factory
+(ledger.storage.factory); each backend is one subclass providing the ``store`` fixture
+(an empty, initialised store) and saying whether the factory can open its locator
+again (``reopenable``). A PostgreSQL backend adds one more subclass here, whose fixture
+creates a fresh database on a test server.
 """
 
 from __future__ import annotations
 
+import json
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from ledger.log.chain import GENESIS_HASH
-from ledger.storage.base import CommandRecord, Store
+from ledger.log.chain import GENESIS_HASH, event_row
+from ledger.runtime.sandbox import DEFAULT_DB
+from ledger.storage.base import ITEMS, LINKS, PLANS, CommandRecord, Store, Transaction
+from ledger.storage.factory import initialise_store, locate, open_store
 from ledger.storage.memory import MemoryStore
 from ledger.storage.rows import Event, Item, Link, Plan, State
 from ledger.storage.sqlite import SqliteStore
-from schema.errors import StorageError
+from schema.errors import CoordinatorError, StorageError
 from tests.support.helpers import init_db, make_chain, make_event
 
 TS = "2026-01-01T00:00:00.000000Z"
@@ -69,9 +77,24 @@ def varied_events() -> list[Event]:
 class StoreContract:
     """Tests every Store backend must pass. Subclasses provide the ``store`` fixture."""
 
+    #: whether open_store(store.locator) opens the same store again (in another
+    #: process, too); an in-memory store exists only in the process that made it
+    reopenable: ClassVar[bool] = True
+
     @pytest.fixture
     def store(self) -> Iterator[Store]:  # pragma: no cover - always overridden
         raise NotImplementedError
+
+    @pytest.fixture
+    def writer(self, store: Store) -> Iterator[Store]:
+        """Another connection to the same store, if the backend has such a thing (else
+        the store itself)."""
+        if not self.reopenable:
+            yield store
+            return
+        other = open_store(store.locator)
+        yield other
+        other.close()
 
     # --- helpers -------------------------------------------------------------------
 
@@ -84,6 +107,15 @@ class StoreContract:
             tx.insert_link(link("L-1", "I-1", "I-2"))
             tx.append_event(make_event(1, GENESIS_HASH))
             tx.put_command(record("c-1"))
+
+    def unsorted_rows(self, tx: Transaction) -> None:
+        """Two plans, three items and two links, each inserted out of key order."""
+        for pid in ("P-2", "P-1"):
+            tx.insert_plan(plan(pid))
+        for iid, pid in (("I-3", "P-1"), ("I-1", "P-2"), ("I-2", "P-1")):
+            tx.insert_item(item(iid, plan_id=pid))
+        tx.insert_link(link("L-2", "I-3", "I-2"))
+        tx.insert_link(link("L-1", "I-2", "I-3", link_type="RELATED"))
 
     def append(self, store: Store, events: list[Event]) -> None:
         with store.transaction() as tx:
@@ -243,12 +275,7 @@ class StoreContract:
 
     def test_lists_are_sorted_and_filtered_by_plan(self, store: Store) -> None:
         with store.transaction() as tx:
-            for pid in ("P-2", "P-1"):
-                tx.insert_plan(plan(pid))
-            for iid, pid in (("I-3", "P-1"), ("I-1", "P-2"), ("I-2", "P-1")):
-                tx.insert_item(item(iid, plan_id=pid))
-            tx.insert_link(link("L-2", "I-3", "I-2"))
-            tx.insert_link(link("L-1", "I-2", "I-3", link_type="RELATED"))
+            self.unsorted_rows(tx)
         assert [p.plan_id for p in store.list_plans()] == ["P-1", "P-2"]
         assert [(i.plan_id, i.item_id) for i in store.list_items()] == [
             ("P-1", "I-2"), ("P-1", "I-3"), ("P-2", "I-1")]
@@ -343,6 +370,106 @@ class StoreContract:
         assert store.get_command("c-3") is None
 
 
+    # --- read snapshots ---------------------------------------------------------------
+
+    def test_a_read_snapshot_holds_while_another_connection_writes(
+            self, store: Store, writer: Store) -> None:
+        self.seed(store)
+        before_state, before_head = store.load_state(), store.head()
+        with store.read_snapshot() as snap:
+            with writer.transaction() as tx:  # committed while the snapshot is open
+                tx.insert_plan(plan("P-2"))
+                tx.update_item(item("I-1", state="DONE", version=2))
+                tx.append_event(make_event(2, before_head[1]))
+                tx.put_command(record("c-2", seq=2))
+            assert snap.head() == before_head
+            assert snap.event_count() == 1
+            assert [row[0] for rows in snap.event_rows() for row in rows] == [1]
+            assert snap.newest_command_seq() == 1
+            assert snap.load_state() == before_state
+            assert [row[0] for row in snap.table_rows(PLANS)] == ["P-1"]
+        assert store.head()[0] == 2  # outside it, the commit is there
+        assert store.snapshot()[:2] == store.head()
+        assert store.snapshot()[2] == store.load_state() != before_state
+
+    def test_a_read_snapshot_reads_what_the_store_reads(self, store: Store) -> None:
+        events = varied_events()
+        self.append(store, events)
+        with store.transaction() as tx:
+            self.unsorted_rows(tx)
+            tx.put_command(record("c-9", seq=None, status="REJECTED"))
+            tx.put_command(record("c-4", seq=4))
+            tx.put_command(record("c-8", seq=None, status="REJECTED"))
+        rows = [event_row(e) for e in events]
+        with store.read_snapshot() as snap:
+            assert snap.head() == store.head() == (6, events[-1].hash)
+            assert (snap.first_seq(), snap.event_count()) == (1, 6)
+            assert [r for batch in snap.event_rows() for r in batch] == rows
+            assert [r for batch in snap.event_rows(2, 4) for r in batch] == rows[2:4]
+            assert [r for batch in snap.event_rows(5) for r in batch] == rows[5:]
+            assert list(snap.event_rows(6)) == []
+            short = [r for batch in snap.event_rows(1, 3, short=True) for r in batch]
+            assert short == [(e.seq, e.hash, e.ts, e.event_type, e.payload)
+                             for e in events[1:3]]
+            assert snap.last_rows(2) == [rows[5], rows[4]]
+            assert snap.last_rows(10) == rows[::-1]
+            assert snap.row_upto(3) == (3, events[2].hash)
+            assert snap.row_upto(99) == (6, events[5].hash)
+            assert snap.row_upto(0) is None
+            assert snap.newest_command_seq() == 4
+            assert [tuple(r) for r in snap.table_rows(PLANS)] == [
+                (p.plan_id, p.title, p.owner_agent, p.status, p.version, p.created_ts,
+                 p.updated_ts) for p in store.list_plans()]
+            assert [r[0] for r in snap.table_rows(ITEMS)] == [
+                i.item_id for i in store.list_items()]
+            assert [r[0] for r in snap.table_rows(LINKS)] == [
+                lk.link_id for lk in store.list_links()]
+            assert snap.load_state() == store.load_state()
+
+    def test_a_read_snapshot_of_an_empty_store(self, store: Store) -> None:
+        with store.read_snapshot() as snap:
+            assert snap.head() == (0, GENESIS_HASH)
+            assert (snap.first_seq(), snap.event_count()) == (None, 0)
+            assert list(snap.event_rows()) == []
+            assert snap.last_rows(2) == []
+            assert snap.row_upto(5) is None
+            assert snap.newest_command_seq() is None
+            assert snap.load_state() == State()
+
+    # --- integrity, maintenance, the factory ------------------------------------------
+
+    def test_a_sound_store_passes_its_integrity_check(self, store: Store) -> None:
+        assert store.integrity_check() is None
+        self.seed(store)
+        assert store.integrity_check() is None
+
+    def test_maintenance_can_run_any_time_and_says_what_it_did(self, store: Store) -> None:
+        assert isinstance(json.dumps(store.maintenance()), str)
+        self.seed(store)
+        state, head = store.load_state(), store.head()
+        done = store.maintenance()
+        assert isinstance(done, dict) and json.loads(json.dumps(done)) == done
+        assert (store.load_state(), store.head()) == (state, head)
+
+    def test_the_factory_opens_the_store_again_from_its_locator(self, store: Store) -> None:
+        self.seed(store)
+        locator = store.locator
+        assert pickle.loads(pickle.dumps(locator)) == locator  # for a helper process
+        assert store.describe() == locator.describe() and store.describe()
+        if not self.reopenable:
+            with pytest.raises(CoordinatorError) as refused:
+                open_store(locator, readonly=True)
+            assert refused.value.code == "DB_UNSUPPORTED"
+            return
+        with open_store(locator, readonly=True) as again:
+            assert again.locator == locator
+            assert again.head() == store.head()
+            assert again.load_state() == store.load_state()
+            with pytest.raises(StorageError), again.transaction() as tx:  # read-only
+                tx.insert_plan(plan("P-9"))
+        assert store.get_plan("P-9") is None
+
+
 class TestSqliteStore(StoreContract):
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[Store]:
@@ -362,8 +489,55 @@ class TestSqliteStore(StoreContract):
 
 
 class TestMemoryStore(StoreContract):
+    reopenable = False
+
     @pytest.fixture
     def store(self) -> Iterator[Store]:
         s = MemoryStore()
         yield s
         s.close()
+
+
+# --- the factory: what the user typed --------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["postgresql://ledger@localhost:5432/ledger",
+                                 "postgres://u:secret@db.example/ledger",
+                                 "POSTGRESQL://host/db"])
+def test_the_factory_refuses_a_postgresql_url_for_now(sandbox: Path, url: str) -> None:
+    for call in (locate, open_store, initialise_store):
+        with pytest.raises(CoordinatorError) as refused:
+            call(url)
+        assert refused.value.code == "DB_UNSUPPORTED", call
+        assert "not supported yet" in refused.value.message
+        assert "secret" not in refused.value.message
+    assert not (sandbox / "data").exists()  # nothing created
+
+
+@pytest.mark.parametrize("url", ["mysql://host/db", "sqlite:///tmp/x.db", "file://x.db",
+                                 "memory://x"])
+def test_the_factory_refuses_an_unknown_scheme(sandbox: Path, url: str) -> None:
+    with pytest.raises(CoordinatorError) as refused:
+        open_store(url, create=True)
+    assert refused.value.code == "DB_UNSUPPORTED"
+    assert "unknown database scheme" in refused.value.message
+    assert not (sandbox / "data").exists()
+
+
+def test_the_factory_keeps_the_sandbox_rules_for_paths(sandbox: Path) -> None:
+    for path in ("/tmp/x.db", "data/../x.db", "scenarios/x.db", "x.db"):
+        with pytest.raises(CoordinatorError) as refused:
+            open_store(path, create=True)
+        assert refused.value.code == "PATH_NOT_ALLOWED", path
+    assert not (sandbox / "data").exists()
+    assert locate(None).describe() == DEFAULT_DB
+    made = initialise_store("data/new.db")
+    assert (made.created, made.locator.describe()) == (True, "data/new.db")
+    assert made.locator.address == str((sandbox / "data" / "new.db").resolve())
+    assert initialise_store("data/new.db").created is False
+    with open_store("data/new.db") as store:
+        assert store.describe() == "data/new.db"
+        assert store.head() == (0, GENESIS_HASH)
+    with pytest.raises(StorageError) as missing:
+        open_store("data/other.db")
+    assert missing.value.code == "DB_NOT_INITIALISED"

@@ -1,0 +1,123 @@
+"""The one way to a store: from what the user typed to an open :class:`Store`.
+
+A *target* is what a user typed after ``--db``: a path in the sandbox (``data/x.db``,
+resolved by :func:`ledger.runtime.sandbox.resolve_db`, so PATH_NOT_ALLOWED for anything
+outside ``data/``; None is the default database) or a URL. :func:`locate` turns it into
+a :class:`Locator`, without touching anything; :func:`open_store` opens the store a
+target or locator names. A locator comes from :func:`locate`, from an open store
+(``store.locator``: how another process opens the same store) or, for a file a tool or
+test made itself outside any sandbox, from :func:`file_locator`.
+
+Backends by scheme: a path is SQLite (:mod:`ledger.storage.sqlite`); ``memory`` locators
+belong to in-memory stores, which cannot be opened again. A ``postgresql://`` or
+``postgres://`` URL is recognised and refused, for now, with DB_UNSUPPORTED (the
+PostgreSQL backend will be one more :class:`Backend` in :data:`BACKENDS`), and so is a
+URL of any other scheme. Refusals change nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from ledger.runtime.sandbox import resolve_db, sandbox_root
+from ledger.storage.base import Backend, Durability, Inspection, Locator, Store
+from ledger.storage.memory import MemoryBackend
+from ledger.storage.sqlite import SqliteBackend, file_locator
+from schema.errors import CoordinatorError, ErrorCode
+
+__all__ = ["BACKENDS", "Initialised", "backend_for", "file_locator", "initialise_store",
+           "inspect_store", "locate", "open_store", "store_exists", "store_size"]
+
+#: The backends, by the scheme of the locators they open.
+BACKENDS: Final[dict[str, Backend]] = {b.scheme: b for b in (SqliteBackend(), MemoryBackend())}
+#: URL schemes recognised as PostgreSQL (RFC 3986 scheme syntax; libpq accepts both).
+POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _unsupported(message: str) -> CoordinatorError:
+    return CoordinatorError(ErrorCode.DB_UNSUPPORTED, message, field="db")
+
+
+def locate(target: str | None) -> Locator:
+    """Where ``target`` (what the user typed; None: the default database) lives.
+
+    Raises SandboxError(PATH_NOT_ALLOWED) for a path outside the sandbox's ``data/``, and
+    CoordinatorError(DB_UNSUPPORTED) for a URL: ``postgresql://`` is not supported yet,
+    any other scheme not at all. Reads and writes nothing."""
+    if target is not None and (url := _URL.match(target)):
+        scheme = url.group(1).lower()
+        if scheme in POSTGRES_SCHEMES:
+            raise _unsupported(f"{scheme}:// databases are not supported yet: this ledger "
+                               "stores its database in a SQLite file under data/ "
+                               "(e.g. --db data/os_sandbox.db)")
+        raise _unsupported(f"unknown database scheme {scheme!r}; give a SQLite file under "
+                           "data/ (e.g. --db data/os_sandbox.db)")
+    path = resolve_db(target)
+    return file_locator(path, str(path.relative_to(sandbox_root())))
+
+
+def _locator(where: str | Locator | None) -> Locator:
+    return where if isinstance(where, Locator) else locate(where)
+
+
+def backend_for(locator: Locator) -> Backend:
+    backend = BACKENDS.get(locator.scheme)
+    if backend is None:
+        raise _unsupported(f"{locator.describe()}: no storage backend for scheme "
+                           f"{locator.scheme!r}")
+    return backend
+
+
+def open_store(where: str | Locator | None, *, readonly: bool = False, create: bool = False,
+               durability: Durability = "full", manual_maintenance: bool = False) -> Store:
+    """Open the store ``where`` names: what the user typed (see :func:`locate`) or a
+    locator.
+
+    ``readonly``: reads only (SQLite: ``mode=ro`` connections). ``create``: create the
+    store and its schema first if missing (otherwise a missing one is DB_NOT_INITIALISED).
+    ``durability``: see :data:`ledger.storage.base.Durability`. ``manual_maintenance``:
+    the owner calls :meth:`Store.maintenance` itself (SQLite: no WAL checkpoint inside
+    a COMMIT). Raises what :func:`locate` raises, and StorageError."""
+    locator = _locator(where)
+    backend = backend_for(locator)
+    if create:
+        backend.initialise(locator)
+    return backend.open(locator, readonly=readonly, durability=durability,
+                        manual_maintenance=manual_maintenance)
+
+
+@dataclass(frozen=True, slots=True)
+class Initialised:
+    """What :func:`initialise_store` did."""
+
+    locator: Locator
+    created: bool
+    schema_version: str
+
+
+def initialise_store(where: str | Locator | None) -> Initialised:
+    """Create the store and its schema, or add what is missing (idempotent: data is
+    kept)."""
+    locator = _locator(where)
+    backend = backend_for(locator)
+    return Initialised(locator, backend.initialise(locator), backend.schema_version)
+
+
+def inspect_store(where: str | Locator | None) -> Inspection:
+    """A read-only :class:`Inspection` of a store that may be damaged (the start-up
+    checks and the damage report go through this, not through :func:`open_store`)."""
+    locator = _locator(where)
+    return backend_for(locator).inspect(locator)
+
+
+def store_exists(locator: Locator) -> bool:
+    return backend_for(locator).exists(locator)
+
+
+def store_size(locator: Locator) -> int | None:
+    """About how many bytes the store holds (None: unknown, or nothing there)."""
+    return backend_for(locator).size_bytes(locator)
+
