@@ -37,8 +37,8 @@ from ledger.log.verify_parallel import ChainHelper
 from ledger.plans.ledger import Ledger
 from ledger.runtime.service import add_version_arg, announce
 from ledger.runtime.sockets import NOBLOCK, send_frames
-from ledger.storage import sqlite
-from ledger.storage.sqlite import SqliteStore
+from ledger.storage.base import Durability
+from ledger.storage.factory import file_locator, open_store
 from schema import wire
 
 PLAN = "P-BENCH"
@@ -110,10 +110,9 @@ def _create_plan(session: str) -> dict[str, Any]:
             "action": "CREATE_PLAN", "plan_id": PLAN, "title": "benchmark"}
 
 
-def in_process_limit(work: Workload, db: Path, durability: sqlite.Durability,
+def in_process_limit(work: Workload, db: Path, durability: Durability,
                      batch: int) -> dict[str, Any]:
-    sqlite.initialise(db)
-    with SqliteStore(db, durability=durability) as store:
+    with open_store(file_locator(db), create=True, durability=durability) as store:
         ledger = Ledger(store)
         ledger.apply(_create_plan("bench"))
         # interleave the streams as the ledger would see them from K connections
@@ -304,8 +303,8 @@ def monitor_child(pub: str, first: int, last: int, timeout: float) -> None:
 
 def verify_run(db: Path, events: int, sandbox: Path) -> dict[str, Any]:
     """Fill a database with ``events`` events, then time verify_chain and ledger start."""
-    sqlite.initialise(db)
-    with SqliteStore(db, durability="off") as store:
+    locator = file_locator(db)
+    with open_store(locator, create=True, durability="off") as store:
         ledger = Ledger(store)
         have = store.head()[0]
         if have < events:
@@ -325,15 +324,15 @@ def verify_run(db: Path, events: int, sandbox: Path) -> dict[str, Any]:
     report = json.loads(done.stdout)
     # the verification proper (chain + replay + tables, with the helper process as the
     # CLI uses it), without the file check; then the chain checks alone
-    with SqliteStore(db, readonly=True) as store:
-        helper = ChainHelper(db)
+    with open_store(locator, readonly=True) as store:
+        helper = ChainHelper(locator)
         try:
             started = time.perf_counter()
             verify_store(store, helper=helper)
             store_s = time.perf_counter() - started
         finally:
             helper.close()
-    with SqliteStore(db, readonly=True) as store:
+    with open_store(locator, readonly=True) as store:
         started = time.perf_counter()
         chain = verify_chain_only(store)
         chain_s = time.perf_counter() - started

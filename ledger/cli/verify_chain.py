@@ -9,14 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from ledger.cli.common import EXIT_FAILED_CHECK, add_db_arg, emit, open_store, parser, run
+from ledger.cli.common import EXIT_FAILED_CHECK, add_db_arg, emit, parser, run
 from ledger.log.integrity import damage_report
 from ledger.log.verify import verify_store
 from ledger.log.verify_parallel import ChainHelper
-from ledger.runtime.sandbox import resolve_db, resolve_key, resolve_output_dir, sandbox_root
+from ledger.runtime.sandbox import resolve_key, resolve_output_dir, sandbox_root
+from ledger.storage.base import Locator
+from ledger.storage.factory import locate, open_store, store_exists, store_size
 
-#: A database file this big gets a helper process for the chain checks (about 60,000
-#: events; below that, starting it costs more than it saves).
+#: A database this big gets a helper process for the chain checks (about 60,000 events;
+#: below that, starting it costs more than it saves).
 HELPER_MIN_BYTES: Final = 64 << 20
 
 DESCRIPTION = """Check every event's seq, prev_hash and hash, then replay the log and compare
@@ -48,19 +50,19 @@ def _main(argv: list[str]) -> int:
                    help="the trusted Ed25519 public key (PEM, under keys/; default "
                    "keys/ledger-checkpoint.pub, which the ledger writes beside its key)")
     args = p.parse_args(argv)
-    path = resolve_db(args.db)
-    # Three things at once: PRAGMA integrity_check on a thread of its own (SQLite
+    locator = locate(args.db)
+    # Three things at once: the store's integrity check on a thread of its own (SQLite
     # releases the GIL while a statement runs), the replay and part of the chain checks
     # on this thread, the rest of the chain checks in a helper process (forked first,
     # while this process has no other thread and no connection). The integrity verdict
-    # still comes first: a damaged file gets the damage report, whatever the walk made
+    # still comes first: a damaged store gets the damage report, whatever the walk made
     # of it (or raised on it).
-    helper = _helper(path)
+    helper = _helper(locator)
     try:
-        damage = _DamageCheck(path, then=helper.release if helper else None) \
-            if path.is_file() else None
+        damage = _DamageCheck(locator, then=helper.release if helper else None) \
+            if store_exists(locator) else None
         try:
-            report = _verify(args, helper)
+            report = _verify(args, locator, helper)
         except Exception:
             if damage is not None and (found := damage.result()) is not None:
                 emit(found)
@@ -76,19 +78,21 @@ def _main(argv: list[str]) -> int:
     return 0 if report["chain_status"] == "OK" else EXIT_FAILED_CHECK
 
 
-def _helper(path: Path) -> ChainHelper | None:
+def _helper(locator: Locator) -> ChainHelper | None:
     """A helper process for a big database, held until the integrity check is done
     (splitting the chain checks costs some extra work: worth it only on a free core)."""
-    if not path.is_file() or path.stat().st_size < HELPER_MIN_BYTES:
+    size = store_size(locator)
+    if size is None or size < HELPER_MIN_BYTES:
         return None
     try:
-        return ChainHelper(path, held=True)
+        return ChainHelper(locator, held=True)
     except OSError:  # no process to be had: this one does all the checks
         return None
 
 
-def _verify(args: argparse.Namespace, helper: ChainHelper | None) -> dict[str, Any]:
-    with open_store(args.db, readonly=True) as store:
+def _verify(args: argparse.Namespace, locator: Locator,
+            helper: ChainHelper | None) -> dict[str, Any]:
+    with open_store(locator, readonly=True) as store:
         if args.checkpoints is None:
             return verify_store(store, helper=helper)
         # imported here: the signature checks need cryptography, which takes a while
@@ -113,20 +117,20 @@ def _verify(args: argparse.Namespace, helper: ChainHelper | None) -> dict[str, A
 
 
 class _DamageCheck:
-    """:func:`ledger.integrity.damage_report` on a daemon thread (an interrupted
+    """:func:`ledger.log.integrity.damage_report` on a daemon thread (an interrupted
     verify_chain does not wait for it)."""
 
-    def __init__(self, path: Path, *, then: Callable[[], None] | None = None) -> None:
+    def __init__(self, locator: Locator, *, then: Callable[[], None] | None = None) -> None:
         self._report: dict[str, Any] | None = None
         self._error: BaseException | None = None
         self._then = then
-        self._thread = threading.Thread(target=self._run, args=(path,),
+        self._thread = threading.Thread(target=self._run, args=(locator,),
                                         name="verify-chain-integrity", daemon=True)
         self._thread.start()
 
-    def _run(self, path: Path) -> None:
+    def _run(self, locator: Locator) -> None:
         try:
-            self._report = damage_report(path)
+            self._report = damage_report(locator)
         except BaseException as exc:  # re-raised on the main thread by result()
             self._error = exc
         finally:

@@ -2,9 +2,9 @@
 
 One pass over the log, a batch of rows at a time: :class:`ledger.chain.ChainWalk` checks
 each row's seq, link and hash and parses its payload, and :class:`ledger.replay.Replay`
-applies the parsed payloads. Rows stay plain tuples (no Event per row). A SQLite store
-is read through a connection of its own, events and state tables in one read
-transaction, so the tables compared are the ones the log read belongs to.
+applies the parsed payloads. Rows stay plain tuples (no Event per row). Everything is
+read from one :meth:`ledger.storage.base.Store.read_snapshot`, so the tables compared
+are the ones the log read belongs to, whatever the ledger commits meanwhile.
 
 With a :class:`ledger.verify_parallel.ChainHelper`, a second process checks the chain of
 the chunks of the log it gets to first (see that module), and this one only replays
@@ -14,26 +14,21 @@ those; the report is the same.
 from __future__ import annotations
 
 import gc
-import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import islice
-from pathlib import Path
-from typing import Any, Final, Protocol
-from urllib.parse import quote
+from typing import Any
 
 import orjson
 
-from ledger.log.chain import ChainReport, ChainWalk, EventRow, event_row
+from ledger.log.chain import ChainReport, ChainWalk, EventRow
 from ledger.log.replay import (
     ITEM_FIELDS,
     LINK_FIELDS,
     PLAN_FIELDS,
-    SHORT_COLUMNS,
+    FullRows,
     Observer,
     Replay,
     Table,
-    state_tables,
 )
 from ledger.log.verify_parallel import (
     ChainHelper,
@@ -43,125 +38,25 @@ from ledger.log.verify_parallel import (
     chunk_count,
     walk_after,
 )
-from ledger.storage.base import Store
-from ledger.storage.sqlite import SqliteStore, _storage_error
-from schema.vocabulary import EVENT_COLUMNS, EventType
+from ledger.storage.base import ITEMS, LINKS, PLANS, ReadSnapshot, Store
+from schema.vocabulary import EventType
 
-__all__ = ["BATCH", "Observer", "verify_chain_only", "verify_store"]
-
-#: Rows fetched (and checked, and replayed) at a time.
-BATCH: Final = 500
-_EVENTS_SQL: Final = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
-#: what the replay alone needs (a short row, then the payload)
-_SHORT_SQL: Final = f"SELECT {', '.join(SHORT_COLUMNS)}, payload FROM events"
-# the orders of SqliteStore.list_plans / list_items / list_links (Store.load_state)
-_PLANS_SQL: Final = f"SELECT {', '.join(PLAN_FIELDS)} FROM plans ORDER BY plan_id"
-_ITEMS_SQL: Final = (f"SELECT {', '.join(ITEM_FIELDS)} FROM plan_items "
-                     "ORDER BY plan_id, item_id")
-_LINKS_SQL: Final = f"SELECT {', '.join(LINK_FIELDS)} FROM plan_links ORDER BY link_id"
+__all__ = ["Observer", "verify_chain_only", "verify_store"]
 
 
-class _Source(Protocol):
-    def batches(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[list[EventRow]]:
-        ...
-
-    def tables(self) -> tuple[Table, Table, Table]: ...
-
-    def table_rows(self, which: int) -> Iterable[Sequence[Any]]: ...
+def _tables(snap: ReadSnapshot) -> tuple[Table, Table, Table]:
+    """(plans, items, links) as read, keyed by their first value."""
+    plans, items, links = ({row[0]: row for row in snap.table_rows(which)}
+                           for which in (PLANS, ITEMS, LINKS))
+    return plans, items, links
 
 
-def connect_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection to a ledger database, as SqliteStore opens its own."""
-    conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True,
-                           isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-class SqliteRows:
-    """Event rows and state tables of a SQLite ledger, all in one read transaction."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self.conn = connect_readonly(path)
-            self.conn.execute("BEGIN")
-        except sqlite3.Error as exc:
-            raise _storage_error(exc, "reading events") from exc
-
-    def batches(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[list[EventRow]]:
-        sql = f"{_EVENTS_SQL} WHERE seq >= ?"
-        params: list[Any] = [from_seq]
-        if to_seq is not None:
-            sql += " AND seq <= ?"
-            params.append(to_seq)
-        try:
-            cursor = self.conn.execute(sql + " ORDER BY seq", params)
-            while rows := cursor.fetchmany(BATCH):
-                yield rows
-        except sqlite3.Error as exc:
-            raise _storage_error(exc, "reading events") from exc
-
-    def between(self, low: int, high: int, *,
-                short: bool = False) -> Iterator[list[EventRow]]:
-        """The rows with low < seq <= high, in batches; ``short``:
-        :data:`ledger.replay.SHORT_COLUMNS` and the payload only."""
-        sql = _SHORT_SQL if short else _EVENTS_SQL
-        try:
-            cursor = self.conn.execute(f"{sql} WHERE seq > ? AND seq <= ? ORDER BY seq",
-                                       (low, high))
-            while rows := cursor.fetchmany(BATCH):
-                yield rows
-        except sqlite3.Error as exc:
-            raise _storage_error(exc, "reading events") from exc
-
-    def full_rows(self, rows: Sequence[EventRow]) -> list[EventRow]:
-        """The full rows for a run of short ones (the replay hands such events over)."""
-        return [row for batch in self.between(rows[0][0] - 1, rows[-1][0]) for row in batch]
-
-    def head(self) -> int | None:
-        try:
-            (head,) = self.conn.execute("SELECT MAX(seq) FROM events").fetchone()
-        except sqlite3.Error as exc:
-            raise _storage_error(exc, "reading events") from exc
-        return head if isinstance(head, int) else None
-
-    def tables(self) -> tuple[Table, Table, Table]:
-        """(plans, items, links), as Store.load_state reads them."""
-        plans, items, links = ({row[0]: row for row in self.table_rows(which)}
-                               for which in range(3))
-        return plans, items, links
-
-    def table_rows(self, which: int) -> Iterator[Sequence[Any]]:
-        """The rows of plans (0), plan_items (1) or plan_links (2), as tuples in field
-        order."""
-        try:
-            yield from self.conn.execute((_PLANS_SQL, _ITEMS_SQL, _LINKS_SQL)[which])
-        except sqlite3.Error as exc:
-            raise _storage_error(exc, "reading") from exc
-
-    def close(self) -> None:
-        self.conn.close()  # ends the read transaction
-
-
-class StoreRows:
-    """The same through the Store interface (any backend; builds an Event per row)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def batches(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[list[EventRow]]:
-        events = self.store.iter_events(from_seq, to_seq)
-        while rows := [event_row(ev) for ev in islice(events, BATCH)]:
-            yield rows
-
-    def tables(self) -> tuple[Table, Table, Table]:
-        return state_tables(self.store.load_state())
-
-    def table_rows(self, which: int) -> Iterable[Sequence[Any]]:
-        return self.tables()[which].values()
-
-    def close(self) -> None:
-        pass
+def _full_rows(snap: ReadSnapshot) -> FullRows:
+    """The full rows for a run of short ones (the replay hands such events over)."""
+    def full_rows(rows: Sequence[EventRow]) -> list[EventRow]:
+        return [row for batch in snap.event_rows(rows[0][0] - 1, rows[-1][0])
+                for row in batch]
+    return full_rows
 
 
 @contextmanager
@@ -178,15 +73,6 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-@contextmanager
-def rows_of(store: Store) -> Iterator[SqliteRows | StoreRows]:
-    source = SqliteRows(store.path) if isinstance(store, SqliteStore) else StoreRows(store)
-    try:
-        yield source
-    finally:
-        source.close()
-
-
 def verify_store(store: Store, *, observe: Observer | None = None,
                  observe_seqs: Collection[int] = (),
                  helper: ChainHelper | None = None) -> dict[str, Any]:
@@ -194,8 +80,8 @@ def verify_store(store: Store, *, observe: Observer | None = None,
 
     ``observe`` is called for each event whose seq is in ``observe_seqs`` (in seq order,
     with the replayed state just after it); ledger.checkpoints hashes the state there.
-    ``helper``: a started ChainHelper on this store's file, to share the chain checks
-    with (used only for a SQLite store with events; the caller closes it).
+    ``helper``: a started ChainHelper on this store, to share the chain checks with
+    (used only if the log has events; the caller closes it).
     """
     with gc_paused():  # and the replay is freed before the collector is back
         return _verify_store(store, observe, observe_seqs, helper)
@@ -204,21 +90,21 @@ def verify_store(store: Store, *, observe: Observer | None = None,
 def _verify_store(store: Store, observe: Observer | None, observe_seqs: Collection[int],
                   helper: ChainHelper | None) -> dict[str, Any]:
     walk = ChainWalk()
-    with rows_of(store) as source:
-        full_rows = source.full_rows if isinstance(source, SqliteRows) else None
-        replay = Replay(observe=observe, observe_seqs=observe_seqs, full_rows=full_rows)
-        head = source.head() if helper is not None and isinstance(source, SqliteRows) else None
-        if helper is not None and isinstance(source, SqliteRows) and head and head >= 1:
-            _walk_with(helper, source, head, walk, replay)
+    with store.read_snapshot() as snap:
+        replay = Replay(observe=observe, observe_seqs=observe_seqs,
+                        full_rows=_full_rows(snap))
+        head = snap.head()[0] if helper is not None else 0
+        if helper is not None and head >= 1:
+            _walk_with(helper, snap, head, walk, replay)
         else:
-            for rows in source.batches():
+            for rows in snap.event_rows():
                 payloads: list[Any] = []
                 walk.feed(rows, payloads)
                 replay.apply(rows, payloads)
-        return finish(walk.report, replay, source)
+        return finish(walk.report, replay, snap)
 
 
-def _walk_with(helper: ChainHelper, source: SqliteRows, head: int, walk: ChainWalk,
+def _walk_with(helper: ChainHelper, snap: ReadSnapshot, head: int, walk: ChainWalk,
                replay: Replay) -> None:
     """verify_store's walk, sharing the chain checks with the helper process: replay
     every chunk, check the chain of those the helper was not handed, then add up the
@@ -246,7 +132,7 @@ def _walk_with(helper: ChainHelper, source: SqliteRows, head: int, walk: ChainWa
         low, high = chunk_bounds(k, chunk, head)
         if k not in theirs:
             part = walk_after(before)
-            for rows in source.between(low, high):
+            for rows in snap.event_rows(low, high):
                 payloads: list[Any] = []
                 part.feed(rows, payloads)
                 replay.apply(rows, payloads)
@@ -255,7 +141,7 @@ def _walk_with(helper: ChainHelper, source: SqliteRows, head: int, walk: ChainWa
             if part.report.events:
                 before = (part.report.head_seq, part.report.head_hash)
             continue
-        for rows in source.between(low, high, short=True):  # replay only
+        for rows in snap.event_rows(low, high, short=True):  # replay only
             try:
                 payloads = [loads(row[4]) for row in rows]
             except (TypeError, ValueError):  # one does not parse: as ChainWalk records it
@@ -272,10 +158,7 @@ def _walk_with(helper: ChainHelper, source: SqliteRows, head: int, walk: ChainWa
     for k in range(count):
         report = mine.get(k) or helper.reports.get(k)
         if report is None:  # the helper failed: check that chunk here
-            try:
-                report = check_chunk(source.conn, k, chunk, head)
-            except sqlite3.Error as exc:
-                raise _storage_error(exc, "reading events") from exc
+            report = check_chunk(snap, k, chunk, head)
         report.add_to(walk.report)
 
 
@@ -283,13 +166,13 @@ def verify_chain_only(store: Store) -> ChainReport:
     """Only the chain checks of :func:`verify_store` (seq, prev_hash, hash, payload is a
     JSON object); no replay, no state comparison."""
     walk = ChainWalk()
-    with gc_paused(), rows_of(store) as source:
-        for rows in source.batches():
+    with gc_paused(), store.read_snapshot() as snap:
+        for rows in snap.event_rows():
             walk.feed(rows)
     return walk.report
 
 
-def finish(report: ChainReport, replay: Replay, source: _Source) -> dict[str, Any]:
+def finish(report: ChainReport, replay: Replay, snap: ReadSnapshot) -> dict[str, Any]:
     """The report, once every row has been walked and replayed."""
     if replay.error is not None:
         report.add(*replay.error)
@@ -298,7 +181,7 @@ def finish(report: ChainReport, replay: Replay, source: _Source) -> dict[str, An
         # replay of a broken one would blame rows the break never touched (a deleted
         # state change shows up as a mismatch at the seq of the row's previous event),
         # so the first reported seq would no longer be the first affected one.
-        _compare_state(source, replay, report)
+        _compare_state(snap, replay, report)
     report.mismatches.sort(key=lambda m: m.seq)
     return {
         "chain_status": "OK" if report.ok else "BROKEN",
@@ -323,12 +206,12 @@ def _same(rows: Iterable[Sequence[Any]], want: Table) -> bool:
     return len(keys) == len(want)  # so also no key twice, none missing
 
 
-def _compare_state(source: _Source, replay: Replay, report: ChainReport) -> None:
+def _compare_state(snap: ReadSnapshot, replay: Replay, report: ChainReport) -> None:
     expected = replay.tables()
-    if all(_same(source.table_rows(which), want) for which, want in enumerate(expected)):
+    if all(_same(snap.table_rows(which), want) for which, want in enumerate(expected)):
         return
     names = (PLAN_FIELDS, ITEM_FIELDS, LINK_FIELDS)
-    actual = source.tables()
+    actual = _tables(snap)
     differing: list[set[Any]] = []
     for have, want in zip(actual, expected, strict=True):
         keys = set(have.keys() - want.keys())
@@ -340,7 +223,7 @@ def _compare_state(source: _Source, replay: Replay, report: ChainReport) -> None
     if not any(differing):
         return
     # where to report a row: the last event that touches it (no such event: the head)
-    touched = _last_touching(source)
+    touched = _last_touching(snap)
     for kind, fields, have, want, keys, last in zip(
             ("plan", "item", "link"), names, actual, expected, differing, touched,
             strict=True):
@@ -358,14 +241,15 @@ def _compare_state(source: _Source, replay: Replay, report: ChainReport) -> None
             report.add(seq, reason)
 
 
-def _last_touching(source: _Source) -> tuple[dict[Any, int], dict[Any, int], dict[Any, int]]:
+def _last_touching(snap: ReadSnapshot
+                   ) -> tuple[dict[Any, int], dict[Any, int], dict[Any, int]]:
     """For each plan, item and link key, the seq of the last event that touches it: its
     plan_id or item_id column, or the link a PLAN_LINK_ADDED adds. Only asked once the
     whole log replayed (so every payload parses), and only when a table differs."""
     plans: dict[Any, int] = {}
     items: dict[Any, int] = {}
     links: dict[Any, int] = {}
-    for rows in source.batches():
+    for rows in snap.event_rows():
         for row in rows:  # seq, ..., event_type, ..., plan_id, item_id, _, payload, ...
             seq = row[0]
             if key := row[7]:

@@ -22,8 +22,11 @@ They share nothing but a pipe (no lock a dying helper could leave taken): if the
 helper fails or dies, the verifier stops handing it chunks and checks the ones it has
 no report for itself.
 
-The helper reads through its own read-only connection; the log is append-only, so its
-rows up to the verifier's head are the verifier's rows.
+The helper opens the same store read-only from its locator (through
+:func:`ledger.storage.factory.open_store`, any backend that can be opened from another
+process) and reads one read snapshot of its own, taken when its first chunk arrives:
+after the verifier read its head, so the log being append-only, its rows up to that
+head are the verifier's rows.
 """
 
 from __future__ import annotations
@@ -31,25 +34,20 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
 
 from ledger.log.chain import ChainReport, ChainWalk
-from schema.vocabulary import EVENT_COLUMNS
+from ledger.storage.base import Locator, ReadSnapshot
+from ledger.storage.factory import open_store
 
 #: Seqs per chunk.
 CHUNK: Final = 16384
 #: Chunks handed to the helper and not yet reported, at most.
 AHEAD: Final = 2
-#: Rows fetched at a time.
-_BATCH: Final = 500
-_EVENTS_SQL: Final = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 
 
 def chunk_bounds(k: int, chunk: int, head: int) -> tuple[int, int]:
@@ -96,32 +94,28 @@ def walk_after(before: tuple[int, str] | None) -> ChainWalk:
     return ChainWalk(expected_seq=before[0] + 1, prev_hash=before[1])
 
 
-def check_chunk(conn: sqlite3.Connection, k: int, chunk: int, head: int) -> ChunkReport:
+def check_chunk(snap: ReadSnapshot, k: int, chunk: int, head: int) -> ChunkReport:
     """The chain checks of chunk ``k``, going on from the row before it (the walk, like
     Store.iter_events, starts at seq 1)."""
     low, high = chunk_bounds(k, chunk, head)
-    walk = walk_after(conn.execute("SELECT seq, hash FROM events WHERE seq >= 1 AND seq <= ? "
-                                   "ORDER BY seq DESC LIMIT 1", (low,)).fetchone())
-    cursor = conn.execute(f"{_EVENTS_SQL} WHERE seq > ? AND seq <= ? ORDER BY seq",
-                          (low, high))
-    while rows := cursor.fetchmany(_BATCH):
+    walk = walk_after(snap.row_upto(low))
+    for rows in snap.event_rows(low, high):
         walk.feed(rows)
     return ChunkReport.of(k, walk.report)
 
 
-def _helper_main(path: str, conn: Connection) -> None:
+def _helper_main(locator: Locator, conn: Connection) -> None:
     """The helper process: check each chunk it is sent, send back its report; None ends."""
     gc.disable()  # as in verify_store: many short-lived objects, no cycles
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-        try:
-            db.execute("PRAGMA busy_timeout=5000")
-            db.execute("BEGIN")
+        with contextlib.ExitStack() as opened:
+            snap: ReadSnapshot | None = None
             while (job := conn.recv()) is not None:
+                if snap is None:  # now, after the verifier has read its head
+                    store = opened.enter_context(open_store(locator, readonly=True))
+                    snap = opened.enter_context(store.read_snapshot())
                 k, chunk, head = job
-                conn.send(check_chunk(db, k, chunk, head))
-        finally:
-            db.close()
+                conn.send(check_chunk(snap, k, chunk, head))
     except EOFError:  # the verifier is gone
         return
     except BaseException as exc:  # the verifier checks the chunks itself
@@ -134,16 +128,18 @@ def _helper_main(path: str, conn: Connection) -> None:
 class ChainHelper:
     """The helper process, and the verifier's end of the pipe to it.
 
-    Start it early (before threads and database connections, so that it can be forked
-    cheaply), then pass it to :func:`ledger.verify.verify_store`, which hands it work
-    once it has read the head. Use as a context manager, or call :meth:`close`.
+    ``locator``: the store to check (``store.locator``, or
+    :func:`ledger.storage.factory.locate`). Start it early (before threads and database
+    connections, so that it can be forked cheaply), then pass it to
+    :func:`ledger.log.verify.verify_store`, which hands it work once it has read the head.
+    Use as a context manager, or call :meth:`close`.
 
     ``held``: it gets no work before :meth:`release` (bin/verify_chain releases it when
     its integrity check is done and a core is free: the split costs some extra work,
     worth doing only on a core that would otherwise be idle).
     """
 
-    def __init__(self, path: Path, *, method: str | None = None, chunk: int = CHUNK,
+    def __init__(self, locator: Locator, *, method: str | None = None, chunk: int = CHUNK,
                  held: bool = False) -> None:
         self.chunk = chunk
         if method is None:  # fork only a process without other threads
@@ -151,7 +147,7 @@ class ChainHelper:
         ctx: Any = multiprocessing.get_context(method)
         self._pipe, child_end = ctx.Pipe()
         self._process: BaseProcess = ctx.Process(
-            target=_helper_main, args=(quote(str(path.resolve())), child_end),
+            target=_helper_main, args=(locator, child_end),
             name="verify-chain-helper", daemon=True)
         self._process.start()
         child_end.close()

@@ -39,7 +39,7 @@ from ledger.log.checkpoints import Checkpoint, CheckpointWriter, load_or_create_
 from ledger.log.verify import verify_store
 from ledger.plans.ledger import CommandResult, Ledger
 from ledger.queries import reads as queries
-from ledger.runtime.sandbox import resolve_db, resolve_key, resolve_output_dir, sandbox_root
+from ledger.runtime.sandbox import resolve_key, resolve_output_dir, sandbox_root
 from ledger.runtime.service import (
     LINGER_MS,
     add_version_arg,
@@ -51,9 +51,9 @@ from ledger.runtime.service import (
     setup_logging,
 )
 from ledger.runtime.sockets import NOBLOCK, send_frames
-from ledger.storage import sqlite
+from ledger.storage.base import Durability, Locator, Store
+from ledger.storage.factory import locate, open_store
 from ledger.storage.rows import Event
-from ledger.storage.sqlite import SqliteStore
 from schema import internal, wire
 from schema.clock import utc_now
 from schema.endpoints import DEFAULT_LEDGER, DEFAULT_LEDGER_PUB, require_local_bind
@@ -110,7 +110,7 @@ class _Group:
     batched: bool = False
 
 
-def answer_query(store: SqliteStore, msg: Any,
+def answer_query(store: Store, msg: Any,
                  status: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run one read request (QUERY, REPLAY or PING) against the read-only store.
     ``status``: what PING reports besides the head (the start-up check)."""
@@ -164,7 +164,7 @@ def answer_query(store: SqliteStore, msg: Any,
                            f"{', '.join(wire.QUERY_NAMES)}", field="query")
 
 
-def _reader(ctx: zmq.Context[zmq.Socket[bytes]], store: SqliteStore,
+def _reader(ctx: zmq.Context[zmq.Socket[bytes]], store: Store,
             stop: threading.Event, status: Callable[[], dict[str, Any]] | None = None) -> None:
     sock = ctx.socket(zmq.PAIR)
     sock.linger = 0
@@ -194,8 +194,8 @@ def _reader(ctx: zmq.Context[zmq.Socket[bytes]], store: SqliteStore,
 
 
 class LedgerServer:
-    def __init__(self, db_path: Any, bind: str = DEFAULT_LEDGER, pub: str = DEFAULT_LEDGER_PUB, *,
-                 heartbeat: float = 1.0, durability: sqlite.Durability = "full",
+    def __init__(self, db: Locator, bind: str = DEFAULT_LEDGER, pub: str = DEFAULT_LEDGER_PUB,
+                 *, heartbeat: float = 1.0, durability: Durability = "full",
                  max_batch: int = 256, batch_window: float = 0.002,
                  checkpoint_key: Ed25519PrivateKey | None = None,
                  checkpoint_dir: Path | None = None, checkpoint_every: float = 10.0,
@@ -204,7 +204,7 @@ class LedgerServer:
         for name, endpoint in (("bind", bind), ("pub", pub)):
             require_local_bind(endpoint, name, why="the ledger (its sockets are for the "
                                "broker alone)")
-        self.db_path = db_path
+        self.locator = db
         self.heartbeat = heartbeat
         self.max_batch = max_batch
         self.batch_window = batch_window
@@ -217,14 +217,13 @@ class LedgerServer:
         if startup_check not in integrity.STARTUP_MODES:
             raise ValueError(f"startup_check: {startup_check!r}")
         self.startup_mode = startup_check
-        self.startup_check = integrity.startup_check(db_path,
-                                                     pages=startup_check == "full")
+        self.startup_check = integrity.startup_check(db, pages=startup_check == "full")
         self.refusal: StorageError | None = None
         self.page_check: integrity.PageCheck | None = None
         if startup_check == "background" and self.startup_check["checked"]:
-            self.page_check = integrity.PageCheck(db_path, on_failure=self._refuse_commands)
-        sqlite.initialise(db_path)
-        self.store = SqliteStore(db_path, durability=durability, manual_checkpoints=True)
+            self.page_check = integrity.PageCheck(db, on_failure=self._refuse_commands)
+        self.store = open_store(db, create=True, durability=durability,
+                                manual_maintenance=True)
         #: commits since the last WAL checkpoint (see _maybe_checkpoint)
         self.commits_since_checkpoint = 0
         self.ledger = Ledger(self.store)
@@ -232,11 +231,11 @@ class LedgerServer:
         #: signed checkpoints (ledger/checkpoints.py): computed on their own thread from
         #: their own read-only connection, so the writer's hot path never waits for them
         self.checkpoints: CheckpointWriter | None = None
-        self._snapshot_store: SqliteStore | None = None
+        self._snapshot_store: Store | None = None
         if checkpoint_key is not None and checkpoint_dir is not None:
             if not accept_rollback:
                 self._refuse_rollback(checkpoint_key, checkpoint_dir)
-            self._snapshot_store = SqliteStore(db_path, readonly=True)
+            self._snapshot_store = open_store(db, readonly=True)
             self.checkpoints = CheckpointWriter(checkpoint_key, checkpoint_dir,
                                                 self._checked_snapshot,
                                                 every=checkpoint_every)
@@ -297,7 +296,7 @@ class LedgerServer:
             self.store.close()
             raise StorageError(
                 ErrorCode.DB_ROLLED_BACK,
-                f"{self.db_path.name} does not match signed checkpoint {name} "
+                f"{self.locator.name} does not match signed checkpoint {name} "
                 f"({result.verdict}: {result.reason}); serving it would fork the history. "
                 "Restore the newer database, or start with --accept-rollback if this "
                 "rollback is intended", details={"checkpoint": name, **result.to_dict()})
@@ -306,7 +305,7 @@ class LedgerServer:
         reader_stop = threading.Event()
         reader = threading.Thread(
             target=_reader, name="ledger-reader", daemon=True,
-            args=(self.ctx, SqliteStore(self.db_path, readonly=True), reader_stop,
+            args=(self.ctx, open_store(self.locator, readonly=True), reader_stop,
                   self.startup_status))
         reader.start()
         if self.checkpoints is not None:
@@ -345,7 +344,8 @@ class LedgerServer:
             self.close()
 
     def _maybe_checkpoint(self) -> None:
-        """WAL checkpoints happen here, after the replies went out, not inside a COMMIT:
+        """The store's maintenance (SQLite: the WAL checkpoint) happens here, after the
+        replies went out, not inside a COMMIT:
         in small steps while no request is waiting (so a command rarely waits behind one,
         and never for long), and at the latest every CHECKPOINT_FORCE commits under a
         load that never pauses. Same thread as the commits, so their fsyncs never
@@ -354,9 +354,11 @@ class LedgerServer:
         if n < CHECKPOINT_IDLE or (n < CHECKPOINT_FORCE and self.router.poll(0)):
             return
         try:
-            self.store.checkpoint()
+            done = self.store.maintenance()
         except StorageError as exc:  # the next attempt may succeed; nothing is lost
-            log.warning("WAL checkpoint failed: %s", exc)
+            log.warning("store maintenance failed: %s", exc)
+        else:
+            log.debug("store maintenance after %d commits: %s", n, done)
         self.commits_since_checkpoint = 0
 
     def _refuse_waiting(self, most: int = 10_000) -> None:
@@ -531,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("ledger", args.verbose)
     stop = install_stop_signals()
     try:
-        db = resolve_db(args.db)
+        db = locate(args.db)
         key, key_path, checkpoint_dir = None, None, None
         if args.checkpoint_key or args.checkpoint_dir:
             key_path = resolve_key(args.checkpoint_key or CHECKPOINT_KEY)
@@ -550,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(3 if isinstance(exc, StorageError) else 2)
     settle_heap()
     announce({"ok": True, "ready": True, "role": "ledger",
-              "db": str(db.relative_to(sandbox_root())), "head_seq": server.head_seq,
+              "db": db.describe(), "head_seq": server.head_seq,
               "endpoints": server.endpoints, "startup_check": server.startup_status(),
               **({"checkpoints": {
                   "dir": str(checkpoint_dir.relative_to(sandbox_root())),

@@ -89,10 +89,6 @@ def storage_error(exc: sqlite3.Error, doing: str, *, name: str | None = None,
     return StorageError(code, f"{name}: {doing}: {text}" if name else f"{doing}: {text}")
 
 
-#: the old private name, for the modules that still catch sqlite3 errors themselves
-_storage_error = storage_error
-
-
 def file_locator(path: Path, shown: str | None = None) -> Locator:
     """The locator of the SQLite file at ``path`` (``shown``: what reports print; default
     the path itself). For the factory, and for tools and tests that made the file."""
@@ -459,10 +455,6 @@ class SqliteStore(_Reads, Store):
             raise storage_error(exc, "checkpointing the WAL") from exc
         return {"wal_checkpoint": "PASSIVE", "wal_pages": int(row[1]),
                 "checkpointed": int(row[2])}
-
-    def checkpoint(self) -> int:
-        """:meth:`maintenance`, as the ledger process still calls it: the WAL's pages."""
-        return int(self.maintenance().get("wal_pages", 0))
 
     def integrity_check(self) -> DamageReport | None:
         with SqliteBackend().inspect(self.locator) as inspection:

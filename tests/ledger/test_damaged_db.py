@@ -1,7 +1,7 @@
 """Startup on a damaged database: the ledger refuses to serve it and says why;
 bin/verify_chain says where.
 
-The ledger's start-up check (ledger/integrity.py) is PRAGMA quick_check plus the chain
+The ledger's start-up check (ledger/log/integrity.py) is PRAGMA quick_check plus the chain
 tail; these tests run it with ``--startup-check full`` (all of it before serving; the
 default, background, is in tests/test_startup_background.py). A refusal is the ready
 line ``{"ok": false, "error": {"code": "DB_DAMAGED", ...}}`` and exit status 3, and the
@@ -26,6 +26,7 @@ import pytest
 
 from agents.tools.launch import LOOPBACK_ANY
 from ledger.log import integrity
+from ledger.storage.factory import file_locator
 from schema.errors import CoordinatorError, StorageError
 from tests.support.fault_load import ROOT
 from tests.support.helpers import Cmds, build_db, drop_append_only_triggers, raw_connect
@@ -187,14 +188,14 @@ def test_an_index_that_disagrees_with_its_table_is_found_by_verify_chain(
 def test_a_healthy_database_passes_and_a_missing_one_is_created(
         tmp_path: Path, healthy: Path) -> None:
     started = time.monotonic()
-    checked = integrity.startup_check(healthy)
+    checked = integrity.startup_check(file_locator(healthy))
     assert checked == {"checked": True, "quick_check": "ok", "events": EVENTS,
                        "head_seq": EVENTS}
-    assert integrity.startup_check(healthy, pages=False) == {
+    assert integrity.startup_check(file_locator(healthy), pages=False) == {
         "checked": True, "quick_check": "skipped", "head_seq": EVENTS}
     assert time.monotonic() - started < 5.0
-    assert integrity.startup_check(tmp_path / "data" / "new.db")["checked"] is False
-    assert integrity.damage_report(healthy) is None
+    assert integrity.startup_check(file_locator(tmp_path / "data" / "new.db"))["checked"] is False
+    assert integrity.damage_report(file_locator(healthy)) is None
 
 
 def test_a_database_left_by_a_killed_writer_passes(tmp_path: Path) -> None:
@@ -210,7 +211,7 @@ def test_a_database_left_by_a_killed_writer_passes(tmp_path: Path) -> None:
               "os.kill(os.getpid(), signal.SIGKILL)\n")
     subprocess.run([sys.executable, "-c", script, str(path)], timeout=60)
     assert Path(f"{path}-wal").stat().st_size > 0
-    assert integrity.startup_check(path)["head_seq"] == 10
+    assert integrity.startup_check(file_locator(path))["head_seq"] == 10
 
 
 def test_a_path_that_cannot_be_opened_is_a_storage_error_not_damage(tmp_path: Path) -> None:
@@ -218,7 +219,7 @@ def test_a_path_that_cannot_be_opened_is_a_storage_error_not_damage(tmp_path: Pa
     is DB_ERROR (and the ledger refuses to start on it just the same)."""
     (tmp_path / DB).mkdir(parents=True)
     with pytest.raises(CoordinatorError) as err:
-        integrity.startup_check(tmp_path / DB)
+        integrity.startup_check(file_locator(tmp_path / DB))
     assert err.value.code == "DB_ERROR", err.value
     code, ready = _start_ledger(tmp_path)
     assert code != 0 and ready["ok"] is False, ready
@@ -230,12 +231,12 @@ def test_the_constant_time_check_still_refuses_a_damaged_tail(
         healthy: Path, damage: Damage) -> None:
     damage(healthy)
     with pytest.raises(StorageError) as caught:
-        integrity.startup_check(healthy, pages=False)
+        integrity.startup_check(file_locator(healthy), pages=False)
     assert caught.value.code == "DB_DAMAGED"
 
 
 def test_the_constant_time_check_leaves_a_middle_hole_to_verify_chain(healthy: Path) -> None:
     delete_a_middle_event(healthy)
-    assert integrity.startup_check(healthy, pages=False)["quick_check"] == "skipped"
+    assert integrity.startup_check(file_locator(healthy), pages=False)["quick_check"] == "skipped"
     with pytest.raises(StorageError, match="events are missing"):
-        integrity.startup_check(healthy)
+        integrity.startup_check(file_locator(healthy))

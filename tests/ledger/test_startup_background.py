@@ -33,6 +33,8 @@ from agents.tools.launch import LOOPBACK_ANY, stop_process
 from ledger.log import integrity
 from ledger.plans.ledger import Ledger
 from ledger.server.process import LedgerServer
+from ledger.storage.base import ReadSnapshot
+from ledger.storage.factory import file_locator
 from ledger.storage.sqlite import SqliteStore
 from schema import wire
 from schema.errors import StorageError
@@ -58,9 +60,9 @@ def damaged(db: Path) -> Path:
     """A page in the middle of the events table overwritten: the tail check passes, the
     page check does not."""
     overwrite_a_page(db)
-    assert integrity.startup_check(db, pages=False)["head_seq"] == EVENTS
+    assert integrity.startup_check(file_locator(db), pages=False)["head_seq"] == EVENTS
     with pytest.raises(StorageError, match="PRAGMA quick_check failed"):
-        integrity.startup_check(db)
+        integrity.startup_check(file_locator(db))
     return db
 
 
@@ -249,7 +251,8 @@ def test_after_the_damage_is_found_commands_get_db_damaged_and_nothing_is_signed
     written, the head does not move."""
     checkpoint_dir = tmp_path / "checkpoints"
     checkpoint_dir.mkdir()
-    server = LedgerServer(damaged, LOOPBACK_ANY, LOOPBACK_ANY, startup_check="background",
+    server = LedgerServer(file_locator(damaged), LOOPBACK_ANY, LOOPBACK_ANY,
+                          startup_check="background",
                           checkpoint_key=Ed25519PrivateKey.generate(),
                           checkpoint_dir=checkpoint_dir, checkpoint_every=0.01)
     dealer = Dealer(server.endpoints["commands"])
@@ -286,16 +289,15 @@ def test_the_page_check_reads_one_snapshot_while_the_ledger_writes(
     (without one read transaction they would: a false DB_DAMAGED)."""
     count_check = integrity._count_check
 
-    def write_then_count(path: Path, conn: sqlite3.Connection, last_seq: int
-                         ) -> dict[str, Any]:
+    def write_then_count(name: str, snap: ReadSnapshot, last_seq: int) -> dict[str, Any]:
         c = Cmds(session_id="S-W")
         with SqliteStore(db) as store:
             Ledger(store).apply_many([c.add_item("P-1", f"I-W{i}", command_id=f"w-{i}")
                                       for i in range(5)])
-        return count_check(path, conn, last_seq)
+        return count_check(name, snap, last_seq)
 
     monkeypatch.setattr(integrity, "_count_check", write_then_count)
-    check = integrity.PageCheck(db)
+    check = integrity.PageCheck(file_locator(db))
     check.start()
     assert check.done.wait(TIMEOUT)
     assert (check.state, check.error, check.result["events"]) == ("ok", None, EVENTS)
@@ -304,7 +306,7 @@ def test_the_page_check_reads_one_snapshot_while_the_ledger_writes(
 
 
 def test_a_page_check_stopped_before_it_runs_reads_nothing(db: Path) -> None:
-    check = integrity.PageCheck(db)
+    check = integrity.PageCheck(file_locator(db))
     check.stop()  # before it started: it never reads
     check.start()
     assert check.done.wait(TIMEOUT)

@@ -31,6 +31,7 @@ from ledger.log.verify_parallel import (
     chunk_bounds,
     chunk_count,
 )
+from ledger.storage.factory import file_locator
 from ledger.storage.memory import MemoryStore
 from ledger.storage.sqlite import SqliteStore
 from tests.support import tamper_campaign as tc
@@ -69,10 +70,10 @@ class ScriptedHelper:
         return True
 
     def finish(self) -> None:
-        with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as conn:
+        with SqliteStore(self.path, readonly=True) as store, store.read_snapshot() as snap:
             for k in self.assigned:
                 if not self.lose(k):
-                    self.reports[k] = check_chunk(conn, k, self.chunk, self.head)
+                    self.reports[k] = check_chunk(snap, k, self.chunk, self.head)
 
 
 @pytest.fixture(scope="module")
@@ -248,10 +249,10 @@ def test_the_helper_process_checks_the_chunks_as_the_verifier_would(
         cases: list[tuple[str, Path]], method: str) -> None:
     """The helper process handed every chunk: its chunk reports are check_chunk's."""
     for kind, path in cases[:3] if method == "spawn" else cases:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-            (head,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
-            want = {k: check_chunk(conn, k, 4, head) for k in range(chunk_count(head, 4))}
-        with ChainHelper(path, method=method, chunk=4) as helper:
+        with SqliteStore(path, readonly=True) as store, store.read_snapshot() as snap:
+            head = snap.head()[0]
+            want = {k: check_chunk(snap, k, 4, head) for k in range(chunk_count(head, 4))}
+        with ChainHelper(file_locator(path), method=method, chunk=4) as helper:
             helper.begin(head)
             assert all(helper.assign(k) for k in want)
             helper.finish()
@@ -264,7 +265,7 @@ def test_the_helper_process_gives_the_single_walks_report(
         base: tc.Base, cases: list[tuple[str, Path]], method: str) -> None:
     for kind, path in cases:
         want = sequential(path, base)
-        with ChainHelper(path, method=method, chunk=5) as helper:
+        with ChainHelper(file_locator(path), method=method, chunk=5) as helper:
             assert shared(path, base, helper) == want, kind
             assert helper.error is None
         if method == "spawn":
@@ -275,10 +276,10 @@ def test_a_held_helper_gets_work_only_once_released(
         base: tc.Base, cases: list[tuple[str, Path]]) -> None:
     kind, path = cases[0]
     want = sequential(path, base)
-    with ChainHelper(path, method="fork", chunk=3, held=True) as helper:
+    with ChainHelper(file_locator(path), method="fork", chunk=3, held=True) as helper:
         assert shared(path, base, helper) == want, kind
         assert helper.assigned == [] and helper.reports == {}
-    with ChainHelper(path, method="fork", chunk=3, held=True) as helper:
+    with ChainHelper(file_locator(path), method="fork", chunk=3, held=True) as helper:
         helper.release()
         assert shared(path, base, helper) == want, kind
         assert helper.assigned[:2] == [0, 1]  # handed over before the verifier begins
@@ -289,7 +290,7 @@ def test_a_helper_that_dies_costs_time_not_findings(
         base: tc.Base, cases: list[tuple[str, Path]]) -> None:
     for kind, path in cases:
         want = sequential(path, base)
-        with ChainHelper(path, method="fork", chunk=2) as helper:
+        with ChainHelper(file_locator(path), method="fork", chunk=2) as helper:
             helper._process.kill()
             helper._process.join()
             assert shared(path, base, helper) == want, kind

@@ -19,6 +19,7 @@ import pytest
 from agents.tools.launch import LOOPBACK_ANY
 from ledger.server import process as ledger_server
 from ledger.server.process import LedgerServer
+from ledger.storage.factory import file_locator
 from ledger.storage.sqlite import SqliteStore
 from tests.ledger.test_startup_background import TIMEOUT, Dealer
 from tests.support.helpers import init_db
@@ -31,7 +32,7 @@ def digest(path: Path) -> str:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[LedgerServer, Dealer]]:
     db = init_db(tmp_path / "data" / "wal.db")
-    srv = LedgerServer(db, LOOPBACK_ANY, LOOPBACK_ANY)
+    srv = LedgerServer(file_locator(db), LOOPBACK_ANY, LOOPBACK_ANY)
     dealer = Dealer(srv.endpoints["commands"])
     try:
         yield srv, dealer
@@ -54,7 +55,7 @@ def commit_one(srv: LedgerServer, dealer: Dealer, n: int) -> None:
 def test_commits_leave_the_database_file_alone_until_an_idle_checkpoint(
         server: tuple[LedgerServer, Dealer]) -> None:
     srv, dealer = server
-    db = Path(srv.db_path)
+    db = Path(srv.locator.address)
     before = digest(db)
     for n in range(ledger_server.CHECKPOINT_IDLE - 1):
         commit_one(srv, dealer, n)
@@ -70,7 +71,7 @@ def test_commits_leave_the_database_file_alone_until_an_idle_checkpoint(
 def test_a_waiting_request_defers_the_checkpoint_until_the_forced_one(
         server: tuple[LedgerServer, Dealer]) -> None:
     srv, dealer = server
-    db = Path(srv.db_path)
+    db = Path(srv.locator.address)
     commit_one(srv, dealer, 0)
     srv.commits_since_checkpoint = ledger_server.CHECKPOINT_IDLE
     before = digest(db)
