@@ -13,9 +13,10 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ledger.runtime.sandbox import DEFAULT_DB, resolve_db
+from ledger.runtime.sandbox import DEFAULT_DB
 from ledger.runtime.service import add_version_arg
-from ledger.storage.sqlite import SqliteStore
+from ledger.storage import factory
+from ledger.storage.base import Store
 from schema.errors import CoordinatorError, ErrorCode, StorageError
 
 EXIT_FAILED_CHECK = 1
@@ -43,8 +44,9 @@ def add_db_arg(p: argparse.ArgumentParser) -> None:
                    help=f"database, relative to the sandbox root (default {DEFAULT_DB})")
 
 
-def open_store(db: str | None, *, readonly: bool = False) -> SqliteStore:
-    return SqliteStore(resolve_db(db), readonly=readonly)
+def open_store(db: str | None, *, readonly: bool = False) -> Store:
+    """The store ``--db`` names (:func:`ledger.storage.factory.open_store`)."""
+    return factory.open_store(db, readonly=readonly)
 
 
 def emit(obj: dict[str, Any]) -> None:

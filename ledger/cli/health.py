@@ -12,9 +12,8 @@ from ledger.log.verify import verify_store
 from ledger.plans.ledger import Ledger
 from ledger.plans.scenario import apply_scenario
 from ledger.queries.reads import list_items, list_plans, timeline
-from ledger.runtime.sandbox import SCENARIO_DIR, resolve_db, resolve_scenario
-from ledger.storage import sqlite
-from ledger.storage.sqlite import SqliteStore
+from ledger.runtime.sandbox import SCENARIO_DIR, resolve_scenario
+from ledger.storage.factory import open_store
 from schema.errors import CoordinatorError
 from schema.scenario import load_scenario
 
@@ -35,7 +34,7 @@ def _check(name: str, ok: bool, detail: Any) -> dict[str, Any]:
 
 def check_database(db: str | None) -> list[dict[str, Any]]:
     try:
-        with SqliteStore(resolve_db(db), readonly=True) as store:
+        with open_store(db, readonly=True) as store:
             seq, _ = store.head()
             verify = verify_store(store)
     except CoordinatorError as exc:
@@ -68,10 +67,8 @@ def check_l3_flow() -> list[dict[str, Any]]:
 
 
 def _run_flow(root: Path) -> list[dict[str, Any]]:
-    db = resolve_db(None)
-    sqlite.initialise(db)
     scenario = load_scenario(root / SCENARIO_DIR / L3_SCENARIO)
-    with SqliteStore(db) as store:
+    with open_store(None, create=True) as store:
         report = apply_scenario(Ledger(store), scenario)
         verify = verify_store(store)
         plans = list_plans(store)["plans"]

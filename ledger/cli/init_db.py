@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 
 from ledger.cli.common import add_db_arg, emit, open_store, parser, run
-from ledger.runtime.sandbox import resolve_db, sandbox_root
-from ledger.storage import sqlite
+from ledger.storage.factory import initialise_store
 
 
 def _main(argv: list[str]) -> int:
@@ -14,12 +13,11 @@ def _main(argv: list[str]) -> int:
                "existing database keeps its data.")
     add_db_arg(p)
     args = p.parse_args(argv)
-    path = resolve_db(args.db)
-    created = sqlite.initialise(path)
+    done = initialise_store(args.db)
     with open_store(args.db, readonly=True) as store:
         seq, head = store.head()
-    emit({"ok": True, "db": str(path.relative_to(sandbox_root())), "created": created,
-          "schema_version": sqlite.SCHEMA_VERSION, "events": seq, "head_hash": head})
+    emit({"ok": True, "db": done.locator.describe(), "created": done.created,
+          "schema_version": done.schema_version, "events": seq, "head_hash": head})
     return 0
 
 

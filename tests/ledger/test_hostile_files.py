@@ -190,3 +190,22 @@ def test_the_ledger_refuses_a_database_path_outside_the_sandbox(root: Path, db: 
     assert ready["error"]["field"] == "path"
     assert snapshot(root) == before
     assert not (root.parent / "evil.db").exists() and not Path("/tmp/evil.db").exists()
+
+
+@pytest.mark.parametrize("db", ["postgresql://ledger@localhost/ledger", "mysql://h/db"])
+def test_a_database_url_is_refused_by_every_command_until_its_backend_exists(
+        root: Path, db: str) -> None:
+    """A postgresql:// URL is recognised (and another scheme is not): DB_UNSUPPORTED,
+    exit status 2, nothing touched; the ledger says so in its ready line."""
+    before = snapshot(root)
+    for cli in (("os-init-db",), ("os-verify-chain",), ("os-l3-plan", "list-plans"),
+                ("os-l2-query", "summary"), ("os-truth-sync", "--out", "logs/truth")):
+        error = refused(root, cli[0], "--db", db, *cli[1:], code="DB_UNSUPPORTED")
+        assert error["field"] == "db", (cli, error)
+    health = run(root, "os-healthcheck", "--db", db, rc=1)
+    assert health["checks"][0]["detail"]["code"] == "DB_UNSUPPORTED"
+    done = _service(root, "ledger.server", "--db", db, *LOOPBACK)
+    assert done.returncode == 2, done.stderr
+    ready = json.loads(done.stdout)
+    assert ready["ok"] is False and ready["error"]["code"] == "DB_UNSUPPORTED", ready
+    assert snapshot(root) == before
