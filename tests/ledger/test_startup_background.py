@@ -32,7 +32,7 @@ from agents.client import AgentClient
 from agents.tools.launch import LOOPBACK_ANY, stop_process
 from ledger.log import integrity
 from ledger.plans.ledger import Ledger
-from ledger.server.process import LedgerServer
+from ledger.server.serving import LedgerServer
 from ledger.storage.base import ReadSnapshot
 from ledger.storage.factory import file_locator
 from ledger.storage.sqlite import SqliteStore

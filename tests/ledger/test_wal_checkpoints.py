@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from agents.tools.launch import LOOPBACK_ANY
-from ledger.server import process as ledger_server
-from ledger.server.process import LedgerServer
+from ledger.server import serving as ledger_server
+from ledger.server.serving import LedgerServer
 from ledger.storage.factory import file_locator
 from ledger.storage.sqlite import SqliteStore
 from tests.ledger.test_startup_background import TIMEOUT, Dealer
