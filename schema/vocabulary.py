@@ -69,3 +69,6 @@ ITEM_COLUMNS: Final = ("item_id", "plan_id", "kind", "title", "state", "priority
 #: Column order of the plan_links table.
 LINK_COLUMNS: Final = ("link_id", "plan_id", "from_item_id", "to_item_id", "link_type",
                        "created_ts")
+
+#: ``prev_hash`` of the first event (docs/HASH_CHAIN.md).
+GENESIS_HASH: Final = "0" * 64

@@ -14,15 +14,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any, Final
 
 import orjson
 
 from ledger.storage.rows import Event
+from ledger.storage.rows import EventRow as EventRow
+from ledger.storage.rows import event_row as event_row
 from schema.vocabulary import EVENT_COLUMNS
+from schema.vocabulary import GENESIS_HASH as GENESIS_HASH
 
-GENESIS_HASH: Final = "0" * 64
 HASHED_COLUMNS: Final = tuple(c for c in EVENT_COLUMNS if c != "hash")
 #: How many mismatches a report lists; the total is always counted.
 MAX_LISTED_MISMATCHES: Final = 100
@@ -74,20 +75,6 @@ class ChainReport:
         self.mismatch_count += 1
         if len(self.mismatches) < MAX_LISTED_MISMATCHES:
             self.mismatches.append(Mismatch(seq, reason))
-
-
-#: One event row as a tuple, in :data:`schema.vocabulary.EVENT_COLUMNS` order (what
-#: ``SELECT seq, ..., hash FROM events`` returns).
-EventRow = tuple[Any, ...]
-
-
-_event_values: Final = attrgetter(*EVENT_COLUMNS)
-
-
-def event_row(ev: Event) -> EventRow:
-    """An :class:`Event` as an :data:`EventRow`."""
-    row: EventRow = _event_values(ev)
-    return row
 
 
 class ChainWalk:

@@ -13,7 +13,6 @@ from dataclasses import astuple
 from itertools import islice
 from typing import Any, Final
 
-from ledger.log.chain import GENESIS_HASH, event_row
 from ledger.storage.base import (
     EVENT_FILTER_COLUMNS,
     Backend,
@@ -27,8 +26,9 @@ from ledger.storage.base import (
     Store,
     Transaction,
 )
-from ledger.storage.rows import Event, Item, Link, Plan, State
+from ledger.storage.rows import Event, Item, Link, Plan, State, event_row
 from schema.errors import CoordinatorError, ErrorCode, StorageError
+from schema.vocabulary import GENESIS_HASH
 
 SCHEME: Final = "memory"
 #: Event rows per batch of a read snapshot.

@@ -108,3 +108,14 @@ class State:
     plans: dict[str, Plan] = field(default_factory=dict)
     items: dict[str, Item] = field(default_factory=dict)
     links: dict[str, Link] = field(default_factory=dict)
+
+
+#: One event row as a tuple, in :data:`schema.vocabulary.EVENT_COLUMNS` order (what
+#: ``SELECT seq, ..., hash FROM events`` returns).
+EventRow = tuple[Any, ...]
+
+
+def event_row(ev: Event) -> EventRow:
+    """An :class:`Event` as an :data:`EventRow`."""
+    row: EventRow = _event_values(ev)
+    return row

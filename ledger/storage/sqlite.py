@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-from ledger.log.chain import GENESIS_HASH
 from ledger.storage.base import (
     EVENT_FILTER_COLUMNS,
     Backend,
@@ -35,7 +34,7 @@ from ledger.storage.base import (
 )
 from ledger.storage.rows import Event, Item, Link, Plan
 from schema.errors import ErrorCode, StorageError
-from schema.vocabulary import EVENT_COLUMNS, ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS
+from schema.vocabulary import EVENT_COLUMNS, GENESIS_HASH, ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS
 
 __all__ = ["SCHEMA_VERSION", "Durability", "SqliteBackend", "SqliteStore", "file_locator",
            "initialise", "storage_error"]
