@@ -160,6 +160,56 @@ async def test_async_client_commands_queries_and_replay(bus: Bus) -> None:
         assert unknown.value.code == ErrorCode.MISSING_FIELD
 
 
+async def test_async_client_reads_what_the_sync_client_reads(bus: Bus) -> None:
+    """The reads the async client once lacked (list_plans, show_plan, list_items,
+    timeline), and create_plan's status, against the same plan as the sync client."""
+    plan, first, second = uid("P"), uid("I"), uid("I")
+    async with AsyncAgentClient(bus.front, "Codex", session_id=uid("S")) as codex:
+        created = await codex.create_plan(plan, "Both clients", owner_agent="Mary",
+                                          status="ARCHIVED")
+        assert (created.status, created.new_version) == ("APPLIED", 1)
+        assert (await codex.update_plan(plan, 1, status="ACTIVE")).status == "APPLIED"
+        assert (await codex.add_item(plan, first, "One", priority=4)).status == "APPLIED"
+        assert (await codex.add_item(plan, second, "Two")).status == "APPLIED"
+        assert (await codex.add_link(uid("L"), second, first)).status == "APPLIED"
+        assert (await codex.change_state(first, 1, "IN_PROGRESS")).status == "APPLIED"
+        assert (await codex.change_state(first, 1, "DONE")).status == "CONFLICT"
+        reads = {
+            "list_plans": await codex.list_plans(),
+            "show_plan": await codex.show_plan(plan),
+            "list_items": await codex.list_items(plan),
+            "plan_timeline": await codex.timeline("plan", plan),
+            "task_timeline": await codex.timeline("task", first),
+            "session_timeline": await codex.timeline("session", codex.session_id),
+            "item_version": await codex.item_version(first),
+        }
+        with pytest.raises(CoordinatorError) as missing:
+            await codex.show_plan(uid("P-missing"))
+        assert missing.value.code == ErrorCode.UNKNOWN_PLAN
+        with pytest.raises(CoordinatorError) as no_item:
+            await codex.item_version(uid("I-missing"))
+        assert no_item.value.code == ErrorCode.UNKNOWN_ITEM
+    with AgentClient(bus.front, "Liam") as liam:
+        assert reads == {
+            "list_plans": liam.list_plans(),
+            "show_plan": liam.show_plan(plan),
+            "list_items": liam.list_items(plan),
+            "plan_timeline": liam.timeline("plan", plan),
+            "task_timeline": liam.timeline("task", first),
+            "session_timeline": liam.timeline("session", codex.session_id),
+            "item_version": liam.item_version(first),
+        }
+    mine = {p["plan_id"]: p for p in reads["list_plans"]}[plan]
+    assert (mine["owner_agent"], mine["status"], mine["version"]) == ("Mary", "ACTIVE", 2)
+    shown = reads["show_plan"]
+    assert [lk["from_item_id"] for lk in shown["links"]] == [second]
+    assert {i["item_id"]: i["priority"] for i in reads["list_items"]} == {first: 4, second: 0}
+    assert reads["item_version"] == 2
+    assert [e["event_type"] for e in reads["task_timeline"]] == [
+        "PLAN_ITEM_ADDED", "PLAN_ITEM_STATE_CHANGED", "PLAN_CONFLICT_DETECTED"]
+    assert len(reads["plan_timeline"]) == len(reads["session_timeline"]) == 7
+
+
 async def test_async_client_matches_concurrent_replies_by_id(bus: Bus) -> None:
     plan = uid("P")
     async with AsyncAgentClient(bus.front, "Liam") as liam:

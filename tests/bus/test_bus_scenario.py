@@ -191,8 +191,8 @@ def test_broker_caps_in_flight_work_and_fails_fast_when_the_ledger_is_silent(
         first.wait_ready()
         bus.ledger.proc.send_signal(signal.SIGSTOP)  # alive but silent
         try:
-            first.sock.send_multipart(wire.encode(first._command(
-                "CREATE_PLAN", "held-1", {"plan_id": "P-1", "title": "held"})))
+            first.sock.send_multipart(wire.encode(first.requests.create_plan(
+                "P-1", "held", command_id="held-1").msg))
             # same connection, so in order: once PING answers, held-1 holds the slot
             assert first.ping()["inflight"] == 1
             started = time.monotonic()

@@ -78,8 +78,8 @@ def test_agents_get_ledger_unavailable_within_the_bound(
         liam.wait_ready()
         assert liam.create_plan("P-D", "down").status == "APPLIED"
         _wait_declared(sub, True, time.monotonic())
-        held = liam._command("ADD_ITEM", "held-1", {"plan_id": "P-D", "item_id": "I-1",
-                                                     "title": "sent as it went down"})
+        held = liam.requests.add_item("P-D", "I-1", "sent as it went down",
+                                      command_id="held-1").msg
         went_down = time.monotonic()
         if how == "SIGSTOP":
             # alive, connected, silent (the factory sends SIGCONT if the test fails)
@@ -91,8 +91,8 @@ def test_agents_get_ledger_unavailable_within_the_bound(
         assert _unavailable(reply), reply
         assert took < BOUND, f"{how}: LEDGER_UNAVAILABLE after {took:.2f}s"
         # declared down: every request for the ledger is refused at once
-        for msg in (liam._command("ADD_ITEM", "refused-1", {
-                        "plan_id": "P-D", "item_id": "I-2", "title": "while down"}),
+        for msg in (liam.requests.add_item("P-D", "I-2", "while down",
+                                           command_id="refused-1").msg,
                     wire.Query(id="q-1", actor="Liam", query="list-plans")):
             reply, took = _timed(liam, msg)
             assert _unavailable(reply) and took < NOW, (reply, took)

@@ -56,12 +56,11 @@ def _load(front: str, tag: str) -> float:
             with AgentClient(front, f"{tag}{n}", timeout=5.0) as client:
                 deadline = time.monotonic() + COMMAND_DEADLINE
                 plan = f"P-{tag}{n}"
-                decided(client, client._command("CREATE_PLAN", None, {
-                    "plan_id": plan, "title": tag}), deadline=deadline)
+                decided(client, client.requests.create_plan(plan, tag).msg,
+                        deadline=deadline)
                 for i in range(PER_AGENT - 1):
-                    reply = decided(client, client._command("ADD_ITEM", None, {
-                        "plan_id": plan, "item_id": f"I-{tag}{n}-{i}",
-                        "title": "x" * 400}), deadline=deadline)
+                    reply = decided(client, client.requests.add_item(
+                        plan, f"I-{tag}{n}-{i}", "x" * 400).msg, deadline=deadline)
                     assert reply.status == "APPLIED", reply
         except BaseException as exc:
             errors.append(exc)

@@ -124,11 +124,10 @@ def setup_shared(front: str, tally: Tally) -> None:
     with AgentClient(front, "setup", session_id="S-setup", timeout=2.0) as client:
         client.wait_ready(timeout=30)
         deadline = time.monotonic() + COMMAND_DEADLINE
-        for msg in (client._command("CREATE_PLAN", "setup:plan",
-                                    {"plan_id": SHARED_PLAN, "title": "shared"}),
-                    client._command("ADD_ITEM", "setup:item",
-                                    {"plan_id": SHARED_PLAN, "item_id": SHARED_ITEM,
-                                     "title": "shared item"})):
+        for msg in (client.requests.create_plan(SHARED_PLAN, "shared",
+                                                command_id="setup:plan").msg,
+                    client.requests.add_item(SHARED_PLAN, SHARED_ITEM, "shared item",
+                                             command_id="setup:item").msg):
             tally.add(Ack.of("setup", decided(client, msg, deadline=deadline)))
 
 
@@ -152,13 +151,12 @@ class LoadAgent:
         return Ack.of(self.name, reply)
 
     def run(self, stop: threading.Event, on_ack: Callable[[Ack], None]) -> None:
-        c = self.client._command
+        requests = self.client.requests
         try:
-            on_ack(self._send(c("CREATE_PLAN", f"{self.name}:plan",
-                                {"plan_id": f"P-{self.name}", "title": self.name})))
-            on_ack(self._send(c("ADD_ITEM", f"{self.name}:own",
-                                {"plan_id": f"P-{self.name}", "item_id": self.own_item,
-                                 "title": "own item"})))
+            on_ack(self._send(requests.create_plan(
+                f"P-{self.name}", self.name, command_id=f"{self.name}:plan").msg))
+            on_ack(self._send(requests.add_item(
+                f"P-{self.name}", self.own_item, "own item", command_id=f"{self.name}:own").msg))
             i = 0
             while not stop.is_set():
                 i += 1
@@ -169,20 +167,18 @@ class LoadAgent:
     def _step(self, i: int) -> Ack:
         cid = f"{self.name}:{i}"
         if i % 4 == 0:
-            return self._send(self.client._command("ADD_ITEM", cid, {
-                "plan_id": f"P-{self.name}", "item_id": f"I-{self.name}-{i}",
-                "title": f"item {i} of {self.name}"}))
+            return self._send(self.client.requests.add_item(
+                f"P-{self.name}", f"I-{self.name}-{i}", f"item {i} of {self.name}",
+                command_id=cid).msg)
         if i % 4 == 1:
             target = "IN_PROGRESS" if self.own_state == "TODO" else "TODO"
-            ack = self._send(self.client._change_command(
-                "STATE_CHANGE", cid, {"item_id": self.own_item}, self.own_version,
-                {"state": target}))
+            ack = self._send(self.client.requests.change_state(
+                self.own_item, self.own_version, target, command_id=cid).msg)
             if ack.status == "APPLIED" and ack.new_version is not None:
                 self.own_version, self.own_state = ack.new_version, target
             return ack
-        ack = self._send(self.client._change_command(
-            "UPDATE_ITEM", cid, {"item_id": SHARED_ITEM}, self.shared_version,
-            {"title": f"{self.name} {i}"}))
+        ack = self._send(self.client.requests.update_item(
+            SHARED_ITEM, self.shared_version, command_id=cid, title=f"{self.name} {i}").msg)
         known = ack.new_version if ack.status == "APPLIED" else ack.current_version
         if known is not None:
             self.shared_version = max(self.shared_version, known)
