@@ -174,7 +174,7 @@ async def test_async_client_reads_what_the_sync_client_reads(bus: Bus) -> None:
         assert (await codex.add_link(uid("L"), second, first)).status == "APPLIED"
         assert (await codex.change_state(first, 1, "IN_PROGRESS")).status == "APPLIED"
         assert (await codex.change_state(first, 1, "DONE")).status == "CONFLICT"
-        reads = {
+        reads: dict[str, Any] = {
             "list_plans": await codex.list_plans(),
             "show_plan": await codex.show_plan(plan),
             "list_items": await codex.list_items(plan),
