@@ -1,4 +1,4 @@
-"""The simulated agents (agents/sim.py) as separate processes on a real bus.
+"""The simulated agents (agents/sim/) as separate processes on a real bus.
 
 Liam, Mary and the workers coordinate a plan to the end. The conflicts are by design,
 not by luck: Liam re-prioritises every item with the version its IN_PROGRESS event
