@@ -20,10 +20,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import zmq
 import zmq.asyncio
 
+from agents.client.base import ClientBase
 from agents.client.core import (
     READY_POLL,
     Call,
-    ClientBase,
     Done,
     GiveUp,
     LazyPirate,

@@ -18,10 +18,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import zmq
 
+from agents.client.base import ClientBase
 from agents.client.core import (
     READY_POLL,
     Call,
-    ClientBase,
     Done,
     GiveUp,
     LazyPirate,

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agents.client import RETRYABLE
+from agents.client.core import RETRYABLE
 from ledger.log.chain import GENESIS_HASH, event_hash
 from ledger.log.checkpoints import Checkpoint, CheckpointWatch, CheckResult
 from schema import wire
