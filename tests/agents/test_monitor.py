@@ -30,6 +30,8 @@ from agents.tools.monitor import (
     BROKER_RESUMED,
     BROKER_SILENT,
     CHAIN_BROKEN,
+    LEDGER_DOWN,
+    LEDGER_UP,
     Alert,
     EventFollower,
     summarise,
@@ -482,7 +484,12 @@ def test_a_real_broker_restart_is_survived(sandbox: Path) -> None:
             probe.wait_ready(timeout=10)
         produce(bus.front, 10, tag="after-restart")
         assert_exactly_once(f.collect(20, timeout=10), 11, 20)
-        assert [a.alert for a in f.alerts] == [BROKER_SILENT, BROKER_RESUMED]
+        kinds = [a.alert for a in f.alerts]
+        assert kinds[:2] == [BROKER_SILENT, BROKER_RESUMED], kinds
+        # a new broker heartbeats before its first probe of the ledger has been answered
+        # (ledger_up false); if our SUB reconnects in time to hear that beat, the monitor
+        # rightly says LEDGER_DOWN, then LEDGER_UP with the next beat
+        assert kinds[2:] in ([], [LEDGER_DOWN], [LEDGER_DOWN, LEDGER_UP]), kinds
         assert f.chain_ok
 
 
