@@ -30,6 +30,7 @@ from agents.client.core import (
     Request,
     Requests,
     ledger_ready,
+    mounted_signature,
     retry_conflict,
     route,
 )
@@ -50,6 +51,7 @@ def awaiting(build: Callable[Concatenate[Requests, P], Call[T]]
         call = build(client.requests, *args, **kwargs)
         return call.read(await client.request(call.msg))
 
+    method.__dict__["__signature__"] = mounted_signature(build)
     return method
 
 

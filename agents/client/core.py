@@ -15,6 +15,7 @@ clients cannot drift apart.
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import Callable, Container
 from dataclasses import dataclass
@@ -360,6 +361,16 @@ class Requests:
         return Call(wire.Send(id=new_id(who.actor), actor=who.actor,
                               session_id=who.session_id, to=to, kind=kind, data=data or {}),
                     result_of)
+
+
+def mounted_signature(build: Callable[..., Call[Any]]) -> inspect.Signature:
+    """The signature of a :class:`Requests` method as a client method: the same
+    parameters, returning what its ``Call.read`` returns (for ``help()``)."""
+    sig = inspect.signature(build)
+    returns = sig.return_annotation
+    if isinstance(returns, str) and returns.startswith("Call[") and returns.endswith("]"):
+        returns = returns[len("Call["):-1]
+    return sig.replace(return_annotation=returns)
 
 
 #: The names of the :class:`Requests` methods both clients expose.

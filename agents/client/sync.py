@@ -28,6 +28,7 @@ from agents.client.core import (
     Request,
     Requests,
     ledger_ready,
+    mounted_signature,
     retry_conflict,
     route,
 )
@@ -48,6 +49,7 @@ def blocking(build: Callable[Concatenate[Requests, P], Call[T]]
         call = build(client.requests, *args, **kwargs)
         return call.read(client.request(call.msg))
 
+    method.__dict__["__signature__"] = mounted_signature(build)
     return method
 
 

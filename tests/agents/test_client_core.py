@@ -223,6 +223,10 @@ async def test_both_clients_have_the_same_methods_with_the_same_parameters() -> 
         for name in REQUEST_METHODS:  # mounted from the one builder, with its parameters
             assert _shape(sync_api[name]) == _shape(getattr(sync.requests, name)), name
             assert sync_api[name].__doc__ == getattr(Requests, name).__doc__
+            built = inspect.signature(getattr(Requests, name)).return_annotation
+            assert built == f"Call[{inspect.signature(sync_api[name]).return_annotation}]"
+            assert (inspect.signature(async_api[name]).return_annotation
+                    == inspect.signature(sync_api[name]).return_annotation), name
         assert _shape(AgentClient) == _shape(AsyncAgentClient)
     finally:
         sync.close()
