@@ -14,26 +14,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import zmq
 
 from agents.client import AgentClient
 from agents.sim import item_ids, run_agents
-from agents.tools.launch import Bus, start_bus
+from agents.tools.launch import Bus
 from schema import wire
-
-
-@pytest.fixture
-def bus(tmp_path: Path) -> Iterator[Bus]:
-    with start_bus("data/agents.db", env={"OS_SANDBOX_ROOT": str(tmp_path)},
-                   log_dir=tmp_path) as running:
-        with AgentClient(running.front, "probe", timeout=2) as probe:
-            probe.wait_ready(timeout=10)
-        yield running
 
 
 def check_consistent(bus: Bus, report: dict[str, Any]) -> None:

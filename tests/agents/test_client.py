@@ -11,34 +11,21 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agents.client import AgentClient, AsyncAgentClient
-from agents.tools.launch import Bus, start_bus
+from agents.tools.launch import Bus
 from schema import wire
 from schema.errors import CoordinatorError, ErrorCode
-
-
-def _start(root: Path, db: str = "data/client.db", **kw: Any) -> Bus:
-    bus = start_bus(db, env={"OS_SANDBOX_ROOT": str(root)}, log_dir=root, **kw)
-    try:
-        with AgentClient(bus.front, "probe", timeout=2) as probe:
-            probe.wait_ready(timeout=10)
-    except BaseException:
-        bus.stop()
-        raise
-    return bus
+from tests.support.buses import BusFactory
 
 
 @pytest.fixture(scope="module")
-def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
+def bus(module_bus_factory: BusFactory) -> Bus:
     """One bus for the tests that leave it running; each uses its own plan ids."""
-    with _start(tmp_path_factory.mktemp("client-bus")) as running:
-        yield running
+    return module_bus_factory.start("data/client.db", ready=True)
 
 
 def uid(prefix: str) -> str:
@@ -299,8 +286,8 @@ class _Watched(AgentClient):
 
 
 def test_lost_reply_is_retried_with_the_same_id_and_applied_exactly_once(
-        tmp_path: Path) -> None:
-    with _start(tmp_path) as bus:
+        bus_factory: BusFactory) -> None:
+    with bus_factory.start("data/client.db", ready=True) as bus:
         liam = _Watched(bus.front, "Liam", timeout=0.3, retries=30)
         with liam:
             liam.wait_ready()
@@ -334,9 +321,9 @@ def test_lost_reply_is_retried_with_the_same_id_and_applied_exactly_once(
 
 
 def test_ledger_unavailable_is_fast_and_the_bus_recovers_after_a_restart(
-        tmp_path: Path) -> None:
-    with _start(tmp_path, ledger_args=["--heartbeat", "0.2"],
-                broker_args=["--liveness", "1.0", "--heartbeat", "0.2"]) as bus, \
+        bus_factory: BusFactory) -> None:
+    with bus_factory.start("data/client.db", ready=True, ledger_args=["--heartbeat", "0.2"],
+                           broker_args=["--liveness", "1.0", "--heartbeat", "0.2"]) as bus, \
             AgentClient(bus.front, "Liam", timeout=5.0, retries=3) as liam:
         budget = liam.timeout * (liam.retries + 1)  # 20 s before the client gives up
         assert liam.create_plan("P-DOWN", "before the crash").status == "APPLIED"
@@ -400,8 +387,9 @@ def test_hello_send_deliver_routing(bus: Bus) -> None:
         assert kept is not None and kept.kind == "first"
 
 
-def test_no_recipient_without_mary_is_unknown_recipient(tmp_path: Path) -> None:
-    with _start(tmp_path) as bus, AgentClient(bus.front, "Liam") as liam:
+def test_no_recipient_without_mary_is_unknown_recipient(bus_factory: BusFactory) -> None:
+    with bus_factory.start("data/client.db", ready=True) as bus, \
+            AgentClient(bus.front, "Liam") as liam:
         with pytest.raises(CoordinatorError) as err:
             liam.send(None, "request", {"title": "anyone?"})
         assert err.value.code == ErrorCode.UNKNOWN_RECIPIENT

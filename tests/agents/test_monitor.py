@@ -25,7 +25,7 @@ import pytest
 import zmq
 
 from agents.client import AgentClient
-from agents.tools.launch import LOOPBACK_ANY, Bus, spawn, start_bus
+from agents.tools.launch import LOOPBACK_ANY, Bus
 from agents.tools.monitor import (
     BROKER_RESUMED,
     BROKER_SILENT,
@@ -44,6 +44,7 @@ from ledger.storage.sqlite import SqliteStore
 from schema import wire
 from schema.errors import CoordinatorError, ErrorCode
 from tests.agents.events import chain_rows, tampered_rows
+from tests.support.buses import BusFactory
 
 MONITOR = Path(sys.executable).parent / "os-monitor"
 DB = "data/monitor.db"
@@ -51,12 +52,6 @@ PLAN = "P-MON"
 
 
 # --- a real bus, and load --------------------------------------------------------------
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("OS_SANDBOX_ROOT", str(tmp_path))
-    return tmp_path
 
 
 def seed(root: Path, events: int) -> None:
@@ -76,15 +71,12 @@ def seed(root: Path, events: int) -> None:
             assert result.status == "APPLIED", result.error
 
 
-@contextmanager
-def running_bus(root: Path, seeded: int = 0) -> Iterator[Bus]:
+def running_bus(factory: BusFactory, seeded: int = 0) -> Bus:
+    """A bus on ``DB`` in the factory's sandbox, after ``seeded`` events were written
+    straight to the database; the factory stops it after the test."""
     if seeded:
-        seed(root, seeded)
-    with start_bus(DB, env={"OS_SANDBOX_ROOT": str(root)},
-                   ledger_args=["--durability", "normal"], log_dir=root) as bus:
-        with AgentClient(bus.front, "probe", timeout=2) as probe:
-            probe.wait_ready(timeout=10)
-        yield bus
+        seed(factory.root, seeded)
+    return factory.start(DB, ledger_args=["--durability", "normal"], ready=True)
 
 
 def produce(front: str, count: int, *, tag: str, window: int = 500,
@@ -148,8 +140,8 @@ def db_hashes(root: Path) -> dict[int, str]:
 
 
 def test_follower_started_after_1000_events_catches_up_then_follows_live(
-        sandbox: Path) -> None:
-    with running_bus(sandbox, seeded=1000) as bus, EventFollower(bus.front, bus.pub) as f:
+        sandbox: Path, bus_factory: BusFactory) -> None:
+    with running_bus(bus_factory, seeded=1000) as bus, EventFollower(bus.front, bus.pub) as f:
         caught_up = f.collect(1000, timeout=15)
         assert_exactly_once(caught_up, 1, 1000)
         wait_until(f, heard_heartbeat(f), 5, "a heartbeat")
@@ -226,8 +218,9 @@ def monitor_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], LineRea
                 stream.close()
 
 
-def test_monitor_process_catches_up_follows_live_and_stops_on_sigterm(sandbox: Path) -> None:
-    with running_bus(sandbox, seeded=1000) as bus, \
+def test_monitor_process_catches_up_follows_live_and_stops_on_sigterm(
+        sandbox: Path, bus_factory: BusFactory) -> None:
+    with running_bus(bus_factory, seeded=1000) as bus, \
             monitor_process("--broker", bus.front, "--pub", bus.pub) as (proc, out):
         ready = out.until(lambda line: True, timeout=10)[0]
         assert ready["ready"] is True and ready["from_seq"] == 0
@@ -252,8 +245,8 @@ def test_monitor_process_catches_up_follows_live_and_stops_on_sigterm(sandbox: P
 
 
 def test_follower_with_tiny_hwm_that_falls_behind_still_gets_every_event_once(
-        sandbox: Path) -> None:
-    with running_bus(sandbox, seeded=1) as bus, \
+        sandbox: Path, bus_factory: BusFactory) -> None:
+    with running_bus(bus_factory, seeded=1) as bus, \
             EventFollower(bus.front, bus.pub, rcvhwm=1) as f:
         assert_exactly_once(f.collect(1, timeout=10), 1, 1)
         wait_until(f, heard_heartbeat(f), 5, "a heartbeat")
@@ -269,8 +262,9 @@ def test_follower_with_tiny_hwm_that_falls_behind_still_gets_every_event_once(
 # --- starting points -------------------------------------------------------------------
 
 
-def test_from_seq_fetches_the_link_first_and_live_starts_at_the_head(sandbox: Path) -> None:
-    with running_bus(sandbox, seeded=600) as bus:
+def test_from_seq_fetches_the_link_first_and_live_starts_at_the_head(
+        sandbox: Path, bus_factory: BusFactory) -> None:
+    with running_bus(bus_factory, seeded=600) as bus:
         with EventFollower(bus.front, bus.pub, from_seq=500) as f:
             events = f.collect(600, timeout=10)
             assert_exactly_once(events, 501, 600)
@@ -283,8 +277,9 @@ def test_from_seq_fetches_the_link_first_and_live_starts_at_the_head(sandbox: Pa
             assert f.chain_ok
 
 
-def test_monitor_filters_what_it_prints_not_what_it_tracks(sandbox: Path) -> None:
-    with running_bus(sandbox, seeded=20) as bus:
+def test_monitor_filters_what_it_prints_not_what_it_tracks(
+        sandbox: Path, bus_factory: BusFactory) -> None:
+    with running_bus(bus_factory, seeded=20) as bus:
         with AgentClient(bus.front, "Other") as other:
             other.create_plan("P-OTHER", "another plan")
             other.add_item("P-OTHER", "I-O1", "other item")
@@ -469,17 +464,15 @@ def test_a_silent_broker_is_reported_and_the_follower_resumes_after_it() -> None
         assert f.chain_ok
 
 
-def test_a_real_broker_restart_is_survived(sandbox: Path) -> None:
-    with running_bus(sandbox, seeded=10) as bus, \
+def test_a_real_broker_restart_is_survived(
+        sandbox: Path, bus_factory: BusFactory) -> None:
+    with running_bus(bus_factory, seeded=10) as bus, \
             EventFollower(bus.front, bus.pub, dead_after=1.5) as f:
         assert_exactly_once(f.collect(10, timeout=10), 1, 10)
         wait_until(f, heard_heartbeat(f), 5, "a heartbeat")
         assert bus.broker.stop() == 0
         wait_until(f, lambda: f.silent, 6, "BROKER_SILENT")
-        eps = bus.ledger.endpoints
-        bus.broker = spawn("broker", "broker.gateway", [
-            "--front", bus.front, "--pub", bus.pub, "--ledger", eps["commands"],
-            "--ledger-pub", eps["events"]], env=bus.env)
+        bus.restart_broker()
         with AgentClient(bus.front, "probe", timeout=2) as probe:
             probe.wait_ready(timeout=10)
         produce(bus.front, 10, tag="after-restart")

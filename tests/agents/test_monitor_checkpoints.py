@@ -3,31 +3,29 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agents.client import AgentClient
-from agents.tools.launch import Bus, start_bus
+from agents.tools.launch import Bus
 from agents.tools.monitor import CHECKPOINT_MISMATCH, Alert, EventFollower
 from ledger.log.checkpoints import load_or_create_key, load_public_key, public_key_path
+from tests.support.buses import BusFactory
 
 
 @pytest.fixture
-def bus(tmp_path: Path) -> Iterator[Bus]:
-    load_or_create_key(tmp_path / "keys" / "ledger.pem")
+def bus(sandbox: Path, bus_factory: BusFactory) -> Bus:
+    load_or_create_key(sandbox / "keys" / "ledger.pem")
     args = ["--checkpoint-key", "keys/ledger.pem", "--checkpoint-dir", "data/checkpoints",
             "--checkpoint-every", "0.2"]
-    with start_bus("data/cp.db", env={"OS_SANDBOX_ROOT": str(tmp_path)}, ledger_args=args,
-                   log_dir=tmp_path) as running:
-        with AgentClient(running.front, "Liam") as client:
-            client.wait_ready()
-            assert client.create_plan("P-CP", "checkpointed").status == "APPLIED"
-            for n in range(5):
-                assert client.add_item("P-CP", f"I-{n}", "item").status == "APPLIED"
-        yield running
+    running = bus_factory.start("data/cp.db", ledger_args=args, ready=True)
+    with AgentClient(running.front, "Liam") as client:
+        assert client.create_plan("P-CP", "checkpointed").status == "APPLIED"
+        for n in range(5):
+            assert client.add_item("P-CP", f"I-{n}", "item").status == "APPLIED"
+    return running
 
 
 def _until_checked(follower: EventFollower, timeout: float = 20.0) -> list[Alert]:
@@ -42,8 +40,8 @@ def _until_checked(follower: EventFollower, timeout: float = 20.0) -> list[Alert
     return alerts
 
 
-def test_checkpoints_on_the_stream_match_the_delivered_events(tmp_path: Path, bus: Bus) -> None:
-    key = load_public_key(public_key_path(tmp_path / "keys" / "ledger.pem"))
+def test_checkpoints_on_the_stream_match_the_delivered_events(sandbox: Path, bus: Bus) -> None:
+    key = load_public_key(public_key_path(sandbox / "keys" / "ledger.pem"))
     with EventFollower(bus.front, bus.pub, checkpoint_key=key) as follower:
         alerts = _until_checked(follower)
         assert follower.checkpoints.stats["ok"] >= 1
