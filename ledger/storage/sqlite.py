@@ -37,7 +37,7 @@ from schema.errors import ErrorCode, StorageError
 from schema.vocabulary import EVENT_COLUMNS, GENESIS_HASH, ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS
 
 __all__ = ["SCHEMA_VERSION", "Durability", "SqliteBackend", "SqliteStore", "file_locator",
-           "initialise", "storage_error"]
+           "initialise", "storage_error", "writer_pragmas"]
 
 #: the SQL files are package data of ``schema`` (importlib.resources: works installed too)
 SCHEMA_DIR: Final = files("schema")
@@ -111,6 +111,17 @@ def connect(path: Path, *, readonly: bool, check_same_thread: bool = True
         conn.close()
         raise
     return conn
+
+
+def writer_pragmas(durability: Durability, *, manual_checkpoints: bool = False
+                   ) -> tuple[str, ...]:
+    """The PRAGMAs a store's writer connection runs after :func:`connect` (which sets
+    ``busy_timeout``): WAL, ``synchronous`` from ``durability``, foreign keys, and no
+    automatic WAL checkpoint with ``manual_checkpoints``. One list, so bin/bench's
+    reference appender (agents/tools/bench_reference.py) writes under the same ones."""
+    return ("PRAGMA journal_mode=WAL", f"PRAGMA synchronous={durability.upper()}",
+            "PRAGMA foreign_keys=ON",
+            *(("PRAGMA wal_autocheckpoint=0",) if manual_checkpoints else ()))
 
 
 def initialise(path: Path) -> bool:
@@ -393,11 +404,9 @@ class SqliteStore(_Reads, Store):
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
         conn = connect(self.path, readonly=readonly, check_same_thread=False)
         if not readonly:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.durability.upper()}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            if self.manual_checkpoints:
-                conn.execute("PRAGMA wal_autocheckpoint=0")
+            for pragma in writer_pragmas(self.durability,
+                                         manual_checkpoints=self.manual_checkpoints):
+                conn.execute(pragma)
         return conn
 
     @contextmanager
