@@ -31,6 +31,7 @@ from typing import Any
 import zmq
 
 from agents.client import AgentClient
+from agents.tools.cpu import self_cpu_seconds
 from agents.tools.launch import spawn, start_bus
 from ledger.log.verify import verify_chain_only, verify_store
 from ledger.log.verify_parallel import ChainHelper
@@ -110,26 +111,34 @@ def _create_plan(session: str) -> dict[str, Any]:
             "action": "CREATE_PLAN", "plan_id": PLAN, "title": "benchmark"}
 
 
+def merged(work: Workload, session: str = "bench") -> list[tuple[dict[str, Any], str]]:
+    """The streams interleaved as the ledger sees them from K connections: (command with
+    ``session_id``, expected status)."""
+    out: list[tuple[dict[str, Any], str]] = []
+    for i in range(max(len(s) for s in work.streams)):
+        for cmds, exp in zip(work.streams, work.expected, strict=True):
+            if i < len(cmds):
+                out.append(({**cmds[i], "session_id": session}, exp[i]))
+    return out
+
+
 def in_process_limit(work: Workload, db: Path, durability: Durability,
                      batch: int) -> dict[str, Any]:
     with open_store(file_locator(db), create=True, durability=durability) as store:
         ledger = Ledger(store)
         ledger.apply(_create_plan("bench"))
-        # interleave the streams as the ledger would see them from K connections
-        merged: list[tuple[dict[str, Any], str]] = []
-        for i in range(max(len(s) for s in work.streams)):
-            for cmds, exp in zip(work.streams, work.expected, strict=True):
-                if i < len(cmds):
-                    merged.append(({**cmds[i], "session_id": "bench"}, exp[i]))
+        merged_cmds = merged(work)
         wrong = 0
-        started = time.perf_counter()
-        for at in range(0, len(merged), batch):
-            chunk = merged[at:at + batch]
+        cpu0, started = self_cpu_seconds(), time.perf_counter()
+        for at in range(0, len(merged_cmds), batch):
+            chunk = merged_cmds[at:at + batch]
             results = ledger.apply_many([c for c, _ in chunk])
             wrong += sum(r.status != e for r, (_, e) in zip(results, chunk, strict=True))
-        elapsed = time.perf_counter() - started
-    return {"commands": len(merged), "seconds": elapsed, "commands_per_s": len(merged) / elapsed,
-            "batch": batch, "wrong_outcomes": wrong}
+        elapsed, cpu_s = time.perf_counter() - started, self_cpu_seconds() - cpu0
+    n = len(merged_cmds)
+    return {"commands": n, "seconds": elapsed, "commands_per_s": n / elapsed,
+            "batch": batch, "wrong_outcomes": wrong, "cpu_seconds": cpu_s,
+            "cpu_us_per_command": cpu_s * 1e6 / n}
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
