@@ -20,10 +20,12 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,11 @@ from typing import Any
 import zmq
 
 from agents.client import AgentClient
+from agents.tools import cpu
+from agents.tools.bench_reference import append_reference
 from agents.tools.cpu import self_cpu_seconds
-from agents.tools.launch import spawn, start_bus
+from agents.tools.disk_probe import SYNC_CALL, WalCommits, fsync_probe, read_wal_commits
+from agents.tools.launch import Bus, spawn, start_bus
 from ledger.log.verify import verify_chain_only, verify_store
 from ledger.log.verify_parallel import ChainHelper
 from ledger.plans.ledger import Ledger
@@ -308,6 +313,51 @@ def monitor_child(pub: str, first: int, last: int, timeout: float) -> None:
     print(json.dumps({"received": len(seen), "duplicates": dupes, "missing": len(missing),
                       "events_per_s": rate,
                       "saw_every_event": not missing}), flush=True)
+    # stay until the bench closes our stdin: it reads our CPU time from /proc first
+    sys.stdin.buffer.read()
+
+
+def bus_phase(bus: Bus, work: Workload, window: int,
+              extra_roles: Mapping[str, cpu.Role] | None = None) -> dict[str, Any]:
+    """The whole bus on ``work``: a monitor process follows the events while the driver
+    (this process) sends the mix; CPU per command of each process, read from /proc
+    right before the first command and right after the last event reached the monitor.
+
+    Roles: ``ledger`` and ``broker`` as process trees (every thread, every child, living
+    or reaped), ``monitor`` (the bench's monitor process), ``driver`` (this process
+    alone: its children are the bus), and ``extra_roles`` (``db_server``: a PostgreSQL
+    postmaster's tree). Returns ``{"bus": drive's figures, "monitor": the monitor's,
+    "cpu_us_per_command": {role: µs, "total": their sum}, "cpu_ticks": {role: ticks}}``."""
+    with AgentClient(bus.front, "bench") as client:
+        client.wait_ready()
+        client.send_command({k: v for k, v in _create_plan("bench").items()
+                             if k not in ("command_id", "actor", "session_id")},
+                            command_id="bench:plan")
+    # seq 1 is the plan; then one event per command (conflicts included)
+    mon = subprocess.Popen([sys.executable, "-m", "agents.tools.bench", "monitor-child",
+                            bus.pub, "2", str(1 + work.total), "120"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert mon.stdout is not None and mon.stdin is not None
+    try:
+        mon.stdout.readline()  # ready: its subscription has reached the broker
+        roles = {"ledger": cpu.Role(bus.ledger.proc.pid),
+                 "broker": cpu.Role(bus.broker.proc.pid), "monitor": cpu.Role(mon.pid),
+                 **(extra_roles or {})}
+        driver = {"driver": cpu.Role(os.getpid(), tree=False)}
+        # the driver last before and first after: the /proc scans are not its work
+        before = cpu.sample(roles) | cpu.sample(driver)
+        result = drive(bus.front, work, window, "bench")
+        line = mon.stdout.readline()  # the monitor has seen the last event (or gave up)
+        after = cpu.sample(driver) | cpu.sample(roles)
+    finally:
+        mon.stdin.close()
+        mon.wait(30)
+    monitor = json.loads(line)
+    ticks = {k: after[k] - before[k] for k in before}
+    return {"bus": result, "monitor": monitor,
+            "cpu_us_per_command": cpu.us_per_command(before, after,
+                                                     max(1, result["answered"])),
+            "cpu_ticks": ticks}
 
 
 def verify_run(db: Path, events: int, sandbox: Path) -> dict[str, Any]:
@@ -369,39 +419,161 @@ def verify_run(db: Path, events: int, sandbox: Path) -> dict[str, Any]:
             "ledger_start_tail_seconds": starts["tail"]}
 
 
+def in_process_round(work: Workload, db: Path, durability: Durability, batch: int,
+                     extra_roles: Mapping[str, cpu.Role] | None = None) -> dict[str, Any]:
+    """:func:`in_process_limit`, plus the CPU of ``extra_roles`` over the same phase
+    (a database server's processes: then ``cpu_us_per_command`` is the core's own
+    ``core_cpu_us_per_command`` plus the server's ``server_cpu_us_per_command``)."""
+    before = cpu.sample(extra_roles) if extra_roles else {}
+    result = in_process_limit(work, db, durability, batch)
+    if extra_roles:
+        server = cpu.us_per_command(before, cpu.sample(extra_roles), result["commands"])
+        result["core_cpu_us_per_command"] = result["cpu_us_per_command"]
+        result["server_cpu_us_per_command"] = server["total"]
+        result["cpu_us_per_command"] += server["total"]
+    return result
+
+
+def server_roles(pid: int | None) -> dict[str, cpu.Role]:
+    """The ``db_server`` role for a database server's process ``pid`` (a PostgreSQL
+    postmaster, or one of its backends: the postmaster above it is taken); none for
+    None (SQLite: the database is inside the ledger process)."""
+    if pid is None:
+        return {}
+    return {"db_server": cpu.Role(cpu.postmaster_root(pid, cpu.scan()) or pid)}
+
+
+def disk_floor(directory: Path, wal: WalCommits | None, samples: int) -> dict[str, Any]:
+    """The disk's own commit latency in ``directory`` (the database's), for the frames
+    of a typical commit of ``wal`` (the bus's WAL; None: one page)."""
+    frames = wal.typical_frames if wal else 1
+    page = wal.page_size if wal else 4096
+    latencies = fsync_probe(directory, frames=frames, page_size=page, samples=samples)
+    return {"sync_call": SYNC_CALL, "frames_per_commit": frames,
+            "frames_per_commit_mean": wal.mean_frames if wal else None,
+            "commits_in_wal": len(wal.frames) if wal else 0, "page_size": page,
+            "write_bytes": frames * (24 + page), "samples": samples,
+            "filesystem": filesystem_of(directory), **_percentiles(latencies)}
+
+
+def filesystem_of(path: Path) -> str | None:
+    """``"<type> on <device>"`` of the mount holding ``path`` (/proc/self/mounts)."""
+    best: tuple[int, str] | None = None
+    target = str(path.resolve())
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        dev, mount, fstype = (f.replace("\\040", " ") for f in line.split()[:3])
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and (best is None or len(mount) > best[0]):
+            best = (len(mount), f"{fstype} on {dev}")
+    return best[1] if best else None
+
+
+def _median_of(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(float(r[key]) for r in rows)
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's figures from the rounds (each: ``in_process``, ``reference``,
+    ``bus``, ``monitor``, ``cpu_us_per_command``): medians over the rounds; ratios are
+    taken within each round (its phases ran next to each other), then their median;
+    counts of wrong outcomes, errors and missing events are summed."""
+    ips = [r["in_process"] for r in rounds]
+    refs = [r["reference"] for r in rounds]
+    buses = [r["bus"] for r in rounds]
+    mons = [r["monitor"] for r in rounds]
+    roles = list(rounds[0]["cpu_us_per_command"])
+    return {
+        "cpu_us_per_command": {k: statistics.median(r["cpu_us_per_command"][k]
+                                                    for r in rounds) for k in roles},
+        "in_process_cpu_us_per_command": _median_of(ips, "cpu_us_per_command"),
+        "reference_cpu_us_per_command": _median_of(refs, "cpu_us_per_command"),
+        "in_process_over_reference": statistics.median(
+            i["cpu_us_per_command"] / f["cpu_us_per_command"] for i, f in zip(ips, refs,
+                                                                               strict=True)),
+        "ratio": statistics.median(b["commands_per_s"] / i["commands_per_s"]
+                                   for b, i in zip(buses, ips, strict=True)),
+        "in_process": {"commands": ips[0]["commands"], "batch": ips[0]["batch"],
+                       "commands_per_s": _median_of(ips, "commands_per_s"),
+                       "cpu_us_per_command": _median_of(ips, "cpu_us_per_command"),
+                       "wrong_outcomes": sum(i["wrong_outcomes"] for i in ips)},
+        "reference": {"commands": refs[0]["commands"], "batch": refs[0]["batch"],
+                      "commands_per_s": _median_of(refs, "commands_per_s"),
+                      "cpu_us_per_command": _median_of(refs, "cpu_us_per_command")},
+        "bus": {"commands": buses[0]["commands"],
+                "answered": min(b["answered"] for b in buses),
+                **{k: _median_of(buses, k) for k in ("commands_per_s", "p50_ms", "p99_ms",
+                                                      "p999_ms")},
+                "wrong_outcomes": sum(b["wrong_outcomes"] for b in buses),
+                "errors": sum(b["errors"] for b in buses)},
+        "monitor": {"events_per_s": _median_of(mons, "events_per_s"),
+                    "received": min(m["received"] for m in mons),
+                    "missing": sum(m["missing"] for m in mons),
+                    "duplicates": sum(m["duplicates"] for m in mons),
+                    "saw_every_event": all(m["saw_every_event"] for m in mons)},
+    }
+
+
 def _table(results: dict[str, Any]) -> str:
     ip, bus, rate, ver = (results.get(k, {}) for k in ("in_process", "bus", "fixed_rate",
                                                         "verify"))
-    mon = results.get("monitor", {})
+    mon, ref, fs = (results.get(k, {}) for k in ("monitor", "reference", "fsync"))
+    cfg = results["config"]
+    per = results.get("cpu_us_per_command", {})
+    n = cfg["rounds"]
     rows = [
-        ("in-process limit (group commit)", f"{ip.get('commands_per_s', 0):,.0f} cmd/s",
-         f"batch {ip.get('batch')}, wrong outcomes {ip.get('wrong_outcomes')}"),
+        (f"CPU per command, whole bus (median of {n})", f"{per.get('total', 0):,.1f} µs",
+         ", ".join(f"{k} {v:.1f}" for k, v in per.items() if k != "total")
+         + f" (µs; ±{results.get('cpu_resolution_us_per_command', 0):.1f} per process)"),
+        ("CPU per command, in-process core",
+         f"{results.get('in_process_cpu_us_per_command', 0):,.1f} µs",
+         f"the ledger core on the same mix, no sockets; {ip.get('commands_per_s', 0):,.0f} "
+         f"cmd/s, batch {ip.get('batch')}, wrong outcomes {ip.get('wrong_outcomes')}"),
+        ("CPU per command, reference (floor)",
+         f"{results.get('reference_cpu_us_per_command', 0):,.1f} µs",
+         f"hash-chained append, events + primary key only, same group size, PRAGMAs and "
+         f"durability; {ref.get('commands_per_s', 0):,.0f} cmd/s"),
+        ("in-process / reference", f"{results.get('in_process_over_reference', 0):.2f}x",
+         "median of the rounds' ratios (target: 1.6x or less)"),
         ("whole bus", f"{bus.get('commands_per_s', 0):,.0f} cmd/s",
          f"p50 {bus.get('p50_ms', 0):.2f} ms, p99 {bus.get('p99_ms', 0):.2f} ms, "
          f"p99.9 {bus.get('p999_ms', 0):.2f} ms; wrong {bus.get('wrong_outcomes')}, "
          f"errors {bus.get('errors')}"),
-        ("bus / in-process", f"{results.get('ratio', 0):.1%}", ""),
+        ("bus / in-process", f"{results.get('ratio', 0):.1%}",
+         "throughput, median of the rounds' ratios"),
         ("monitor", f"{mon.get('events_per_s', 0):,.0f} events/s",
          f"received {mon.get('received')}, missing {mon.get('missing')}, duplicates "
          f"{mon.get('duplicates')}, saw every event: {mon.get('saw_every_event')}"),
         (f"fixed load {rate.get('offered_per_s', 0):,.0f}/s",
          f"p50 {rate.get('p50_ms', 0):.2f} ms", f"p99 {rate.get('p99_ms', 0):.2f} ms, "
-         f"p99.9 {rate.get('p999_ms', 0):.2f} ms, answered {rate.get('answered')}"),
-        (f"verify_chain on {ver.get('events', 0):,} events",
-         f"{ver.get('verify_events_per_s', 0):,.0f} events/s",
-         f"bin/verify_chain end to end: {ver.get('verify_seconds', 0):.2f} s, "
-         f"{ver.get('chain_status')} (integrity_check + links + hashes + replay); "
-         f"without integrity_check {ver.get('verify_store_events_per_s', 0):,.0f} events/s; "
-         f"links + hashes alone {ver.get('chain_only_events_per_s', 0):,.0f} events/s"),
-        ("ledger start on that database", f"{ver.get('ledger_start_seconds', 0):.3f} s",
-         f"default (background page check); full (pages before serving): "
-         f"{ver.get('ledger_start_full_seconds', 0):.3f} s, tail: "
-         f"{ver.get('ledger_start_tail_seconds', 0):.3f} s; medians of 3"),
+         f"p99.9 {rate.get('p999_ms', 0):.2f} ms, answered {rate.get('answered')}; "
+         f"bound 2 x fsync p99 + 1 ms = {rate.get('p99_bound_ms', 0):.2f} ms"),
+        ("disk commit (fsync floor)", f"p50 {fs.get('p50_ms', 0):.2f} ms",
+         f"p99 {fs.get('p99_ms', 0):.2f} ms, p99.9 {fs.get('p999_ms', 0):.2f} ms; "
+         f"{fs.get('frames_per_commit')} WAL frames ({fs.get('write_bytes', 0):,} bytes) + "
+         f"{fs.get('sync_call')}, {fs.get('samples')} commits, {fs.get('filesystem')}"),
     ]
+    if ver:
+        rows += [
+            (f"verify_chain on {ver.get('events', 0):,} events",
+             f"{ver.get('verify_events_per_s', 0):,.0f} events/s",
+             f"bin/verify_chain end to end: {ver.get('verify_seconds', 0):.2f} s, "
+             f"{ver.get('chain_status')} (integrity_check + links + hashes + replay); "
+             f"without integrity_check {ver.get('verify_store_events_per_s', 0):,.0f} "
+             f"events/s; links + hashes alone {ver.get('chain_only_events_per_s', 0):,.0f} "
+             "events/s"),
+            ("ledger start on that database", f"{ver.get('ledger_start_seconds', 0):.3f} s",
+             f"default (background page check); full (pages before serving): "
+             f"{ver.get('ledger_start_full_seconds', 0):.3f} s, tail: "
+             f"{ver.get('ledger_start_tail_seconds', 0):.3f} s; medians of 3"),
+        ]
     width = max(len(r[0]) for r in rows)
-    cfg = results["config"]
     head = (f"bench: agents={cfg['agents']} window={cfg['window']} commands={cfg['commands']} "
-            f"durability={cfg['durability']}")
+            f"durability={cfg['durability']} rounds={n} "
+            f"({results.get('run_seconds', 0):.0f} s)")
     return "\n".join([head, "-" * len(head)] + [f"{a:<{width}}  {b:>18}  {c}" for a, b, c in rows])
 
 
@@ -421,45 +593,73 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=1000, help="fixed offered load (default 1000/s)")
     p.add_argument("--rate-seconds", type=float, default=5, help="for how long (default 5)")
     p.add_argument("--verify-events", type=int, default=100_000,
-                   help="events in the verify/start database (default 100000)")
+                   help="events in the verify/start database (default 100000; 0 skips "
+                        "that part)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of in-process, reference and whole bus, interleaved "
+                        "(default 3); the report gives their medians")
+    p.add_argument("--fsync-samples", type=int, default=1000,
+                   help="commits the disk probe times (default 1000)")
+    p.add_argument("--db-server-pid", type=int, default=None,
+                   help="a database server's process (a PostgreSQL postmaster or backend): "
+                        "its process tree's CPU is counted as db_server")
     p.add_argument("--out", default=None, help="JSON output (default logs/bench/<time>.json)")
     add_version_arg(p)
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.commands < args.agents or args.fsync_samples < 1:
+        p.error("--rounds and --fsync-samples must be at least 1, --commands at least "
+                "--agents")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    (tmp / "data").mkdir()
+    data = tmp / "data"
+    data.mkdir()
     env = {"OS_SANDBOX_ROOT": str(tmp)}
-    results: dict[str, Any] = {"config": vars(args) | {"python": sys.version.split()[0],
-                                                      "cpus": os.cpu_count()}}
+    results: dict[str, Any] = {"config": vars(args) | {
+        "python": sys.version.split()[0], "cpus": os.cpu_count(),
+        "clock_ticks_per_s": cpu.CLK_TCK}}
     per_agent = max(1, args.commands // args.agents)
     work = make_workload(args.agents, per_agent)
+    batch = args.agents * args.window
+    extra = server_roles(args.db_server_pid)
+    rounds: list[dict[str, Any]] = []
+    wal: WalCommits | None = None
+    started = time.perf_counter()
     try:
-        print("in-process limit ...", file=sys.stderr, flush=True)
-        results["in_process"] = in_process_limit(work, tmp / "data" / "inproc.db",
-                                                 args.durability, args.agents * args.window)
-        print("whole bus ...", file=sys.stderr, flush=True)
-        with start_bus("data/bus.db", env=env, ledger_args=["--durability", args.durability],
-                       log_dir=tmp) as bus:
-            with AgentClient(bus.front, "bench") as client:
-                client.wait_ready()
-                client.send_command({k: v for k, v in _create_plan("bench").items()
-                                     if k not in ("command_id", "actor", "session_id")},
-                                    command_id="bench:plan")
-            # seq 1 is the plan; then one event per command (conflicts included)
-            mon = subprocess.Popen([sys.executable, "-m", "agents.tools.bench", "monitor-child",
-                                    bus.pub, "2", str(1 + work.total), "120"],
-                                   stdout=subprocess.PIPE, text=True)
-            assert mon.stdout is not None
-            mon.stdout.readline()  # ready: its subscription has reached the broker
-            results["bus"] = drive(bus.front, work, args.window, "bench")
-            out, _ = mon.communicate(timeout=150)
-            results["monitor"] = json.loads(out.strip().splitlines()[-1])
-            print("fixed rate ...", file=sys.stderr, flush=True)
-            results["fixed_rate"] = fixed_rate(bus.front, args.rate, args.rate_seconds, "rate")
-        results["ratio"] = (results["bus"]["commands_per_s"]
-                            / results["in_process"]["commands_per_s"])
-        print(f"verify_chain on {args.verify_events:,} events ...", file=sys.stderr, flush=True)
-        results["verify"] = verify_run(tmp / "data" / "big.db", args.verify_events, tmp)
+        # A, B, C, A, B, C...: the phases compared with each other run side by side in
+        # every round, so each ratio is measured in one window of the machine's load
+        for r in range(args.rounds):
+            tag = f"round {r + 1}/{args.rounds}:"
+            print(f"{tag} in-process limit ...", file=sys.stderr, flush=True)
+            ip = in_process_round(work, data / f"inproc-{r}.db", args.durability, batch,
+                                  extra)
+            print(f"{tag} reference appender ...", file=sys.stderr, flush=True)
+            ref = append_reference(data / f"reference-{r}.db", merged(work), batch=batch,
+                                   durability=args.durability, plan_id=PLAN)
+            print(f"{tag} whole bus ...", file=sys.stderr, flush=True)
+            with start_bus(f"data/bus-{r}.db", env=env,
+                           ledger_args=["--durability", args.durability],
+                           log_dir=tmp) as bus:
+                phase = bus_phase(bus, work, args.window, extra)
+                if r == args.rounds - 1:  # latency at a fixed load, on the last bus
+                    print("fixed rate ...", file=sys.stderr, flush=True)
+                    results["fixed_rate"] = fixed_rate(bus.front, args.rate,
+                                                       args.rate_seconds, "rate")
+                    # the WAL as the ledger wrote it (a clean stop checkpoints it away)
+                    wal = read_wal_commits(data / f"bus-{r}.db-wal")
+            rounds.append({"in_process": ip, "reference": ref, **phase})
+        print(f"fsync probe ({args.fsync_samples} commits) ...", file=sys.stderr, flush=True)
+        results["fsync"] = disk_floor(data, wal, args.fsync_samples)
+        results.update(summarise(rounds))
+        results["cpu_resolution_us_per_command"] = cpu.resolution_us_per_command(
+            work.total)
+        results["fixed_rate"]["p99_bound_ms"] = 2 * results["fsync"]["p99_ms"] + 1
+        results["rounds"] = rounds
+        results["measure_seconds"] = time.perf_counter() - started
+        if args.verify_events > 0:
+            print(f"verify_chain on {args.verify_events:,} events ...", file=sys.stderr,
+                  flush=True)
+            results["verify"] = verify_run(data / "big.db", args.verify_events, tmp)
+        results["run_seconds"] = time.perf_counter() - started
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(_table(results))
