@@ -1,12 +1,19 @@
-"""bin/bench: measure the whole bus against its own limit, in one run.
+"""bin/bench: measure the whole bus against its own limit and a floor, in one run.
 
+In each of --rounds rounds (default 3), side by side, so that what is compared is
+measured in one window of the machine's load:
 1. in-process limit: the core applying the command mix with group commit (batches of
    agents x window, the most the ledger can see at once), same durability, no sockets;
-2. the whole bus: ledger + broker processes, K agent connections with W commands in
-   flight each, the same mix; a separate monitor process follows the event stream;
-3. the ratio of (2) to (1);
-then latency at a fixed offered load, verify_chain throughput on a database of
---verify-events events, and the ledger's start time on it.
+2. reference (the floor): one process appending one hash-chained event per command,
+   same columns and preimage, same group size, PRAGMAs and durability, no other index;
+3. the whole bus: ledger + broker processes, K agent connections with W commands in
+   flight each, the same mix; a separate monitor process follows the event stream.
+The headline figure is CPU time per command: for the bus, per process (ledger, broker,
+monitor, driver, total) from /proc/<pid>/stat, every thread and child counted, before
+and after the phase; for (1) and (2), getrusage. Medians over the rounds; ratios within
+each round. Then latency at a fixed offered load next to the disk's own commit latency
+(a typical commit's WAL frames written and fdatasync'ed, as SQLite does), verify_chain
+throughput on a database of --verify-events events, and the ledger's start time on it.
 
 The mix: ~20% ADD_ITEM, ~40% UPDATE_ITEM, ~35% STATE_CHANGE, ~5% stale versions (each
 answered CONFLICT). Every connection works on its own items, so every outcome is known
@@ -46,8 +53,11 @@ from ledger.runtime.sockets import NOBLOCK, send_frames
 from ledger.storage.base import Durability
 from ledger.storage.factory import file_locator, open_store
 from schema import wire
+from schema.errors import CoordinatorError, ErrorCode
 
 PLAN = "P-BENCH"
+#: Commands sent one at a time to see what an idle commit writes to the WAL.
+IDLE_COMMITS = 40
 
 
 @dataclass
@@ -157,6 +167,60 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": at(0.50), "p99_ms": at(0.99), "p999_ms": at(0.999)}
 
 
+def encode_command(cmd: Mapping[str, Any], session: str) -> list[bytes]:
+    """The frames of a COMMAND message for a workload command (id and actor in the
+    header, the rest as its body)."""
+    return wire.encode(wire.CommandMsg(
+        id=cmd["command_id"], actor=cmd["actor"], session_id=session,
+        command={k: v for k, v in cmd.items() if k not in ("command_id", "actor")}))
+
+
+def _renamed(cmds: list[dict[str, Any]], prefix: str, item_prefix: str
+             ) -> list[dict[str, Any]]:
+    """The commands with ids, actors and items of their own, for a phase on the plan
+    another phase already uses."""
+    for c in cmds:
+        c["command_id"] = f"{prefix}-{c['command_id']}"
+        c["actor"] = f"{prefix}-{c['actor']}"
+        c["item_id"] = item_prefix + c["item_id"]
+    return cmds
+
+
+def idle_commits(front: str, wal: Path, count: int, session: str,
+                 timeout: float = 10.0) -> WalCommits | None:
+    """The idle path's commits: ``count`` commands sent one at a time, each after the
+    previous reply, so each is a commit group of one; the frames each commit wrote,
+    read from the ledger's WAL (``wal``) after its reply. None if the WAL cannot be
+    read. Raises CoordinatorError(TIMEOUT) if a reply does not come."""
+    cmds = _renamed(make_workload(1, count, seed=13).streams[0], "idle", "Q")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(front)
+    frames: list[int] = []
+    last = read_wal_commits(wal)
+    if last is None:
+        return None
+    try:
+        for c in cmds:
+            send_frames(sock, encode_command(c, session))
+            while True:
+                if not sock.poll(int(timeout * 1000)):
+                    raise CoordinatorError(ErrorCode.TIMEOUT,
+                                           f"no reply to {c['command_id']} in {timeout}s")
+                if wire.unpack(sock.recv_multipart()[1])["id"] == c["command_id"]:
+                    break
+            now = read_wal_commits(wal)
+            if now is None:
+                return None
+            frames += now.since(last)
+            last = now
+    finally:
+        sock.close()
+        ctx.term()
+    return WalCommits(last.page_size, frames)
+
+
 def drive(front: str, work: Workload, window: int, session: str) -> dict[str, Any]:
     """K DEALER connections, ``window`` commands in flight on each, pre-encoded frames."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -168,10 +232,7 @@ def drive(front: str, work: Workload, window: int, session: str) -> dict[str, An
         sock.sndhwm = sock.rcvhwm = 0
         sock.connect(front)
         socks.append(sock)
-        frames.append([wire.encode(wire.CommandMsg(
-            id=c["command_id"], actor=c["actor"], session_id=session,
-            command={k: v for k, v in c.items() if k not in ("command_id", "actor")}))
-            for c in cmds])
+        frames.append([encode_command(c, session) for c in cmds])
     poller = zmq.Poller()
     for sock in socks:
         poller.register(sock, zmq.POLLIN)
@@ -233,14 +294,8 @@ def fixed_rate(front: str, rate: float, seconds: float, session: str) -> dict[st
     sock.linger = 0
     sock.connect(front)
     cmds = work.streams[0]
-    for c in cmds:  # its own ids, on the same plan as the main run
-        c["command_id"] = "rate-" + c["command_id"]
-        c["actor"] = "rate-" + c["actor"]
-        c["item_id"] = "R" + c["item_id"]
-    frames = [wire.encode(wire.CommandMsg(
-        id=c["command_id"], actor=c["actor"], session_id=session,
-        command={k: v for k, v in c.items() if k not in ("command_id", "actor")}))
-        for c in cmds]
+    _renamed(cmds, "rate", "R")  # its own ids, on the same plan as the main run
+    frames = [encode_command(c, session) for c in cmds]
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     start = time.perf_counter()
@@ -445,13 +500,13 @@ def server_roles(pid: int | None) -> dict[str, cpu.Role]:
 
 def disk_floor(directory: Path, wal: WalCommits | None, samples: int) -> dict[str, Any]:
     """The disk's own commit latency in ``directory`` (the database's), for the frames
-    of a typical commit of ``wal`` (the bus's WAL; None: one page)."""
+    of a typical commit of ``wal`` (:func:`idle_commits`; None: one page)."""
     frames = wal.typical_frames if wal else 1
     page = wal.page_size if wal else 4096
     latencies = fsync_probe(directory, frames=frames, page_size=page, samples=samples)
     return {"sync_call": SYNC_CALL, "frames_per_commit": frames,
             "frames_per_commit_mean": wal.mean_frames if wal else None,
-            "commits_in_wal": len(wal.frames) if wal else 0, "page_size": page,
+            "commits_seen": len(wal.frames) if wal else 0, "page_size": page,
             "write_bytes": frames * (24 + page), "samples": samples,
             "filesystem": filesystem_of(directory), **_percentiles(latencies)}
 
@@ -644,8 +699,13 @@ def main(argv: list[str] | None = None) -> None:
                     print("fixed rate ...", file=sys.stderr, flush=True)
                     results["fixed_rate"] = fixed_rate(bus.front, args.rate,
                                                        args.rate_seconds, "rate")
-                    # the WAL as the ledger wrote it (a clean stop checkpoints it away)
-                    wal = read_wal_commits(data / f"bus-{r}.db-wal")
+                    # what the last commits under that load wrote, then what an idle
+                    # commit of one command writes: the size the disk probe writes
+                    wal_path = data / f"bus-{r}.db-wal"
+                    tail = read_wal_commits(wal_path)
+                    results["fixed_rate"]["wal_frames_per_commit"] = (
+                        tail.typical_frames if tail else None)
+                    wal = idle_commits(bus.front, wal_path, IDLE_COMMITS, "idle")
             rounds.append({"in_process": ip, "reference": ref, **phase})
         print(f"fsync probe ({args.fsync_samples} commits) ...", file=sys.stderr, flush=True)
         results["fsync"] = disk_floor(data, wal, args.fsync_samples)

@@ -17,7 +17,9 @@ and syncs the 32-byte WAL header; that second sync is not modelled.
 How many frames a commit writes is read from the bus's own WAL (:func:`wal_commits`,
 the WAL format of https://www.sqlite.org/fileformat2.html#walformat): the frames of
 the WAL's current generation (those carrying the header's salts), counted up to each
-commit frame (a nonzero "database size after commit").
+commit frame (a nonzero "database size after commit"). bin/bench reads it after each
+of a few commands sent one at a time (the idle path: a commit group of one command),
+so the probe writes what an idle commit writes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import statistics
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -40,10 +43,12 @@ _sync = getattr(os, SYNC_CALL)
 
 @dataclass(frozen=True, slots=True)
 class WalCommits:
-    """The commits of a WAL's current generation: page size and frames per commit."""
+    """The commits of a WAL's current generation (its header's salts): page size and
+    frames per commit, oldest first."""
 
     page_size: int
     frames: list[int] = field(default_factory=list)
+    salts: tuple[int, int] = (0, 0)
 
     @property
     def typical_frames(self) -> int:
@@ -59,14 +64,22 @@ class WalCommits:
         """Bytes a typical commit writes: frames x (24-byte header + page)."""
         return self.typical_frames * (FRAME_HEADER_BYTES + self.page_size)
 
+    def since(self, earlier: WalCommits | None) -> list[int]:
+        """Frames per commit of the commits here that ``earlier`` (a previous reading of
+        the same WAL) did not have: the ones after its count in the same generation,
+        every one after a reset (new salts)."""
+        if earlier is not None and earlier.salts == self.salts:
+            return self.frames[len(earlier.frames):]
+        return list(self.frames)
 
-def wal_commits(data: bytes) -> WalCommits:
-    """Parse a WAL file's bytes. Frames of an older generation (other salts) and a
-    trailing uncommitted or partly written frame are not counted. Raises ValueError
-    if ``data`` does not start with a WAL header."""
-    if len(data) < WAL_HEADER_BYTES:
+
+def _parse(read: Callable[[int, int], bytes]) -> WalCommits:
+    """The WAL read through ``read(offset, size)``: the header, then frame headers only
+    (pages are skipped)."""
+    head = read(0, WAL_HEADER_BYTES)
+    if len(head) < WAL_HEADER_BYTES:
         raise ValueError("not a WAL file: shorter than its header")
-    magic, _version, page_size, _ckpt, salt1, salt2 = struct.unpack(">6I", data[:24])
+    magic, _version, page_size, _ckpt, salt1, salt2 = struct.unpack(">6I", head[:24])
     if magic not in WAL_MAGIC:
         raise ValueError(f"not a WAL file: magic {magic:#x}")
     page_size = 65536 if page_size == 1 else page_size
@@ -76,8 +89,12 @@ def wal_commits(data: bytes) -> WalCommits:
     step = FRAME_HEADER_BYTES + page_size
     pending = 0
     at = WAL_HEADER_BYTES
-    while at + step <= len(data):
-        page_no, commit_size, s1, s2 = struct.unpack(">4I", data[at:at + 16])
+    while True:
+        frame = read(at, 16)
+        # a frame counts once its page is there too (a last byte to read)
+        if len(frame) < 16 or len(read(at + step - 1, 1)) < 1:
+            break
+        page_no, commit_size, s1, s2 = struct.unpack(">4I", frame)
         if page_no == 0 or (s1, s2) != (salt1, salt2):
             break
         pending += 1
@@ -85,16 +102,29 @@ def wal_commits(data: bytes) -> WalCommits:
             frames.append(pending)
             pending = 0
         at += step
-    return WalCommits(page_size, frames)
+    return WalCommits(page_size, frames, (salt1, salt2))
+
+
+def wal_commits(data: bytes) -> WalCommits:
+    """Parse a WAL file's bytes. Frames of an older generation (other salts) and a
+    trailing uncommitted or partly written frame are not counted. Raises ValueError
+    if ``data`` does not start with a WAL header."""
+    return _parse(lambda offset, size: data[offset:offset + size])
 
 
 def read_wal_commits(wal: Path) -> WalCommits | None:
-    """:func:`wal_commits` of the file ``wal`` (a database's ``-wal``); None if it is
-    missing or not a WAL."""
+    """:func:`wal_commits` of the file ``wal`` (a database's ``-wal``), reading only the
+    frame headers; None if it is missing or not a WAL."""
     try:
-        return wal_commits(wal.read_bytes())
+        fd = os.open(wal, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return _parse(lambda offset, size: os.pread(fd, size, offset))
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
 def fsync_probe(directory: Path, *, frames: int, page_size: int, samples: int,

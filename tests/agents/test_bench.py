@@ -129,10 +129,11 @@ def test_a_short_bench_run_reports_every_figure(tmp_path: Path) -> None:
     rate = results["fixed_rate"]
     assert rate["answered"] == rate["commands"] == 100
     assert 0 < rate["p50_ms"] <= rate["p99_ms"] <= rate["p999_ms"]
+    assert rate["wal_frames_per_commit"] >= 1
     fsync = results["fsync"]
     assert rate["p99_bound_ms"] == 2 * fsync["p99_ms"] + 1
     assert fsync["sync_call"] == "fdatasync" and fsync["samples"] == 20
-    assert fsync["frames_per_commit"] >= 1 and fsync["commits_in_wal"] >= 1
+    assert fsync["frames_per_commit"] >= 1 and fsync["commits_seen"] == bench.IDLE_COMMITS
     assert fsync["write_bytes"] == fsync["frames_per_commit"] * (24 + fsync["page_size"])
     assert 0 < fsync["p50_ms"] <= fsync["p99_ms"]
     assert "verify" not in results  # --verify-events 0 skips it

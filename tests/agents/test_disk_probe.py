@@ -51,6 +51,18 @@ def test_frames_are_counted_per_commit_in_the_current_generation() -> None:
     assert wal_commits(wal([])).typical_frames == 1
 
 
+def test_since_gives_the_commits_a_later_reading_added() -> None:
+    cur, new = (7, 9), (8, 3)
+    first = wal_commits(wal([(2, 5, cur)]))
+    later = wal_commits(wal([(2, 5, cur), (2, 0, cur), (3, 6, cur)]))
+    assert later.since(first) == [2]
+    assert later.since(later) == []
+    assert later.since(None) == [1, 2]
+    # the WAL was reset (after a checkpoint): every commit of the new generation is new
+    reset = wal_commits(wal([(4, 6, new)], salts=new))
+    assert reset.salts == new and reset.since(later) == [1]
+
+
 def test_what_is_not_a_wal_is_refused(tmp_path: Path) -> None:
     for bad in (b"", b"SQLite format 3\0" + b"\0" * 100,
                 struct.pack(">8I", 0x377F0682, 3007000, 1000, 0, 0, 0, 0, 0)):
