@@ -406,7 +406,11 @@ def bus_phase(bus: Bus, work: Workload, window: int,
         after = cpu.sample(driver) | cpu.sample(roles)
     finally:
         mon.stdin.close()
-        mon.wait(30)
+        try:
+            mon.wait(30)
+        except subprocess.TimeoutExpired:  # still waiting for events: the run failed
+            mon.kill()
+            mon.wait()
     monitor = json.loads(line)
     ticks = {k: after[k] - before[k] for k in before}
     return {"bus": result, "monitor": monitor,
