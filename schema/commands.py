@@ -13,13 +13,30 @@ from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from schema.errors import ErrorCode, ValidationError, validation_error_from_pydantic
 from schema.ids import Id
 from schema.vocabulary import ItemKind, ItemState, LinkType, PlanStatus
 
-Title = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, SQLite's can: refused here, for both backends alike
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (U+0000)")
+    return value
+
+
+#: Free text (ids cannot hold control characters at all: schema.ids).
+NoNul = AfterValidator(_no_nul)
+Title = Annotated[str, StringConstraints(min_length=1, max_length=500), NoNul]
 Version = Annotated[int, Field(ge=0, le=2**53)]
 Priority = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
 
@@ -27,6 +44,7 @@ Priority = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
 def _check_timestamp(value: str | None) -> str | None:
     if value is None:
         return None
+    _no_nul(value)
     try:
         datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
@@ -57,7 +75,7 @@ class ItemChange(_Model):
 class StateChangeBody(_Model):
     # Deliberately a plain string: an unknown state is INVALID_TRANSITION, decided after
     # the version check (a stale command is a conflict whatever else is wrong with it).
-    state: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    state: Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul]
 
 
 class _Command(_Model):

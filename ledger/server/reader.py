@@ -48,6 +48,9 @@ def answer_query(store: Store, msg: Any,
         if not value:
             raise CoordinatorError(ErrorCode.MISSING_FIELD, f"params.{name}: required",
                                    field=f"params.{name}")
+        if "\x00" in value:  # as commands (schema.commands): alike on every backend
+            raise CoordinatorError(ErrorCode.INVALID_VALUE, f"params.{name}: must not "
+                                   "contain NUL characters (U+0000)", field=f"params.{name}")
         return value
 
     match msg.query:

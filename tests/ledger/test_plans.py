@@ -443,6 +443,15 @@ REJECTIONS: list[tuple[str, str, bool, Builder]] = [
     ("INVALID_VALUE", "title", False, lambda c: c.add_item("P-1", "I-9", title="")),
     ("INVALID_VALUE", "link_type", False,
      lambda c: c.add_link("L-9", "I-1", "I-2", link_type="BLOCKS")),
+    # NUL: PostgreSQL text cannot hold it, so no backend takes it
+    ("INVALID_VALUE", "title", False, lambda c: c.add_item("P-1", "I-9", title="a\x00b")),
+    ("INVALID_VALUE", "change.title", False,
+     lambda c: c.update_plan("P-1", 1, {"title": "x\x00"})),
+    ("INVALID_VALUE", "change.state", False, lambda c: c.state_change("I-1", 1, "DONE\x00")),
+    ("INVALID_VALUE", "due_ts", False,
+     lambda c: c.add_item("P-1", "I-9", due_ts="2026-02-01T00:00:00Z\x00")),
+    ("INVALID_VALUE", "session_id", False,
+     lambda c: c.create_plan("P-9", session_id="S\x00")),
 ]
 
 
