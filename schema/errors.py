@@ -43,9 +43,21 @@ class ErrorCode(StrEnum):
     DB_NOT_INITIALISED = "DB_NOT_INITIALISED"
     DB_ERROR = "DB_ERROR"
     DB_BUSY = "DB_BUSY"
-    #: a database the ledger has no backend for: a postgresql:// URL (not yet), a URL
-    #: of another scheme, a store that exists only inside another process
+    #: a database the ledger has no backend for: a URL of an unknown scheme, a store
+    #: that exists only inside another process, a PostgreSQL server too old or not UTF8
     DB_UNSUPPORTED = "DB_UNSUPPORTED"
+    #: a database server that cannot be reached (refused, unknown host, timeout,
+    #: starting up or shutting down)
+    DB_UNREACHABLE = "DB_UNREACHABLE"
+    #: the database server refused the credentials (password, role, pg_hba.conf)
+    DB_AUTH_FAILED = "DB_AUTH_FAILED"
+    #: a ledger schema of another version than this code's (no migration for it)
+    DB_SCHEMA_VERSION = "DB_SCHEMA_VERSION"
+    #: the connection to the database server broke during a transaction: nothing of
+    #: it is acknowledged (during COMMIT its outcome is unknown: resend, same id)
+    DB_CONNECTION_LOST = "DB_CONNECTION_LOST"
+    #: a write to a database that takes none (a PostgreSQL standby, a read-only session)
+    DB_READ_ONLY = "DB_READ_ONLY"
     #: the database file fails PRAGMA quick_check/integrity_check, is not a ledger
     #: database, or its chain tail is broken: the ledger refuses to start on it
     DB_DAMAGED = "DB_DAMAGED"
