@@ -6,7 +6,9 @@ damaged, for the start-up and integrity checks) and :class:`Backend` (opens all 
 from a :class:`Locator`). :mod:`ledger.storage.factory` is the one place that turns what
 the user typed (``data/x.db``, a URL) into a locator and a backend; nothing above L0
 names a backend. Backends today: :mod:`ledger.storage.sqlite` (with
-:mod:`ledger.storage.sqlite_integrity`) and :mod:`ledger.storage.memory`.
+:mod:`ledger.storage.sqlite_integrity`), :mod:`ledger.storage.postgres` (with
+:mod:`ledger.storage.postgres_store` and :mod:`ledger.storage.postgres_integrity`) and
+:mod:`ledger.storage.memory`.
 tests/ledger/test_store_contract.py runs one contract against each.
 
 Driver errors never leave a backend raw: each backend translates them into
@@ -18,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ledger.storage.rows import Event, Item, Link, Plan, State
@@ -44,15 +46,17 @@ class Locator:
     again in another process (:class:`ledger.log.verify_parallel.ChainHelper` does), and
     nothing a report should not print. Picklable.
 
-    ``scheme`` names the backend (``sqlite``, ``memory``; ``postgresql`` later),
-    ``address`` is what that backend opens (SQLite: the absolute file path),
+    ``scheme`` names the backend (``sqlite``, ``memory``, ``postgresql``),
+    ``address`` is what that backend opens (SQLite: the absolute file path; PostgreSQL:
+    the URL as typed, which may hold a password, so it is left out of the repr),
     ``shown`` is what reports and the ready line print (SQLite: the path relative to
-    the sandbox root, e.g. ``data/x.db``), ``name`` the short name error messages use
-    (SQLite: the file name).
+    the sandbox root, e.g. ``data/x.db``; PostgreSQL: the URL, password masked),
+    ``name`` the short name error messages use (SQLite: the file name; PostgreSQL: the
+    URL without password and parameters).
     """
 
     scheme: str
-    address: str
+    address: str = field(repr=False)  # a URL may hold a password
     shown: str
     name: str
 
@@ -200,6 +204,13 @@ class ReadSnapshot(ABC):
         (:data:`LINKS`) as tuples in field order, in the order of :meth:`Store.list_plans`,
         :meth:`Store.list_items` and :meth:`Store.list_links`."""
 
+    def export(self) -> str | None:
+        """A token with which another session, in this process or another, reads this
+        very snapshot (:meth:`Store.shared_snapshot`) while it is open; None if the
+        backend cannot share snapshots (SQLite: the log being append-only, a later
+        snapshot holds the same rows up to this one's head)."""
+        return None
+
     def load_state(self) -> State:
         state = State()
         state.plans = {row[0]: Plan(*row) for row in self.table_rows(PLANS)}
@@ -286,6 +297,12 @@ class Store(StateReader):
     def read_snapshot(self) -> AbstractContextManager[ReadSnapshot]:
         """A read view consistent across the log and the tables (see :class:`ReadSnapshot`);
         commits made meanwhile, through this store or any other, stay out of it."""
+
+    def shared_snapshot(self, token: str | None) -> AbstractContextManager[ReadSnapshot]:
+        """The snapshot another store of the same database exported
+        (:meth:`ReadSnapshot.export`; it must still be open); with None, or for a backend
+        that cannot share snapshots, a new :meth:`read_snapshot`."""
+        return self.read_snapshot()
 
     def snapshot(self) -> tuple[int, str, State]:
         """Head seq, head hash and the whole state, from one :meth:`read_snapshot`

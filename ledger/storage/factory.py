@@ -8,11 +8,10 @@ target or locator names. A locator comes from :func:`locate`, from an open store
 (``store.locator``: how another process opens the same store) or, for a file a tool or
 test made itself outside any sandbox, from :func:`file_locator`.
 
-Backends by scheme: a path is SQLite (:mod:`ledger.storage.sqlite`); ``memory`` locators
-belong to in-memory stores, which cannot be opened again. A ``postgresql://`` or
-``postgres://`` URL is recognised and refused, for now, with DB_UNSUPPORTED (the
-PostgreSQL backend will be one more :class:`Backend` in :data:`BACKENDS`), and so is a
-URL of any other scheme. Refusals change nothing.
+Backends by scheme: a path is SQLite (:mod:`ledger.storage.sqlite`); a ``postgresql://``
+or ``postgres://`` URL is PostgreSQL (:mod:`ledger.storage.postgres`, given to libpq as
+typed); ``memory`` locators belong to in-memory stores, which cannot be opened again. A
+URL of any other scheme is refused with DB_UNSUPPORTED. Refusals change nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from typing import Final
 from ledger.runtime.sandbox import resolve_db, sandbox_root
 from ledger.storage.base import Backend, Durability, Inspection, Locator, Store
 from ledger.storage.memory import MemoryBackend
+from ledger.storage.postgres import PostgresBackend, is_postgres_url, pg_locator
 from ledger.storage.sqlite import SqliteBackend, file_locator
 from schema.errors import CoordinatorError, ErrorCode
 
@@ -31,9 +31,8 @@ __all__ = ["BACKENDS", "Initialised", "backend_for", "file_locator", "initialise
            "inspect_store", "locate", "open_store", "store_exists", "store_size"]
 
 #: The backends, by the scheme of the locators they open.
-BACKENDS: Final[dict[str, Backend]] = {b.scheme: b for b in (SqliteBackend(), MemoryBackend())}
-#: URL schemes recognised as PostgreSQL (RFC 3986 scheme syntax; libpq accepts both).
-POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
+BACKENDS: Final[dict[str, Backend]] = {
+    b.scheme: b for b in (SqliteBackend(), PostgresBackend(), MemoryBackend())}
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -45,16 +44,14 @@ def locate(target: str | None) -> Locator:
     """Where ``target`` (what the user typed; None: the default database) lives.
 
     Raises SandboxError(PATH_NOT_ALLOWED) for a path outside the sandbox's ``data/``, and
-    CoordinatorError(DB_UNSUPPORTED) for a URL: ``postgresql://`` is not supported yet,
-    any other scheme not at all. Reads and writes nothing."""
+    CoordinatorError(DB_UNSUPPORTED) for a URL of a scheme other than ``postgresql://``
+    or ``postgres://``. Reads and writes nothing."""
     if target is not None and (url := _URL.match(target)):
-        scheme = url.group(1).lower()
-        if scheme in POSTGRES_SCHEMES:
-            raise _unsupported(f"{scheme}:// databases are not supported yet: this ledger "
-                               "stores its database in a SQLite file under data/ "
-                               "(e.g. --db data/os_sandbox.db)")
-        raise _unsupported(f"unknown database scheme {scheme!r}; give a SQLite file under "
-                           "data/ (e.g. --db data/os_sandbox.db)")
+        if is_postgres_url(target):
+            return pg_locator(target)
+        raise _unsupported(f"unknown database scheme {url.group(1).lower()!r}; give a "
+                           "SQLite file under data/ (e.g. --db data/os_sandbox.db) or a "
+                           "postgresql:// URL")
     path = resolve_db(target)
     return file_locator(path, str(path.relative_to(sandbox_root())))
 
