@@ -1,4 +1,5 @@
-"""Shared fixtures: stores of every backend, a ledger over them, a sandbox root, ledger and
+"""Shared fixtures: stores of every backend (PostgreSQL on a throwaway cluster), a ledger
+over them, a sandbox root, ledger and
 broker processes (tests/support/buses.py), ZeroMQ contexts and sockets
 (tests/support/sockets.py) that are always stopped and closed at teardown."""
 
@@ -14,9 +15,23 @@ from ledger.plans.ledger import Ledger
 from ledger.storage.base import Store
 from ledger.storage.memory import MemoryStore
 from ledger.storage.sqlite import SqliteStore
+from tests.support import pg as pg_fixtures
 from tests.support.buses import BusFactory
 from tests.support.helpers import Cmds, init_db, make_sandbox
+from tests.support.pg import TemplateSetup
+from tests.support.pgstore import load_schema, open_pg_store
 from tests.support.sockets import Context, SocketFactory, ZmqTracker
+
+# PostgreSQL (tests/support/pg.py): a throwaway cluster per session (per xdist worker),
+# a template database holding the ledger schema, one copy of it per test
+pg_server = pg_fixtures.pg_server
+pg_db = pg_fixtures.pg_db
+pg_clusters = pg_fixtures.pg_clusters
+
+
+@pytest.fixture(scope="session")
+def pg_template_setup() -> TemplateSetup:
+    return load_schema
 
 
 @pytest.fixture
@@ -32,12 +47,14 @@ def sqlite_store(sqlite_path: Path) -> Iterator[SqliteStore]:
     store.close()
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """The same test against every Store backend."""
+    """The same test against every Store backend (postgres: a fresh database)."""
     s: Store
     if request.param == "sqlite":
         s = SqliteStore(init_db(tmp_path / "data" / "ledger.db"))
+    elif request.param == "postgres":
+        s = open_pg_store(request.getfixturevalue("pg_db"))
     else:
         s = MemoryStore()
     yield s

@@ -3,8 +3,8 @@
 ``StoreContract`` only talks to the interface and to the factory
 (ledger.storage.factory); each backend is one subclass providing the ``store`` fixture
 (an empty, initialised store) and saying whether the factory can open its locator
-again (``reopenable``). A PostgreSQL backend adds one more subclass here, whose fixture
-creates a fresh database on a test server.
+again (``reopenable``). The PostgreSQL subclass gets a fresh database on the session's
+throwaway cluster for each test (tests/support/pg.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import pytest
 
+from agents.tools.pgcluster import PgUrl
 from ledger.log.chain import GENESIS_HASH, event_row
 from ledger.runtime.sandbox import DEFAULT_DB
 from ledger.storage.base import ITEMS, LINKS, PLANS, CommandRecord, Store, Transaction
@@ -26,6 +27,7 @@ from ledger.storage.rows import Event, Item, Link, Plan, State
 from ledger.storage.sqlite import SqliteStore
 from schema.errors import CoordinatorError, StorageError
 from tests.support.helpers import init_db, make_chain, make_event
+from tests.support.pgstore import open_pg_store
 
 TS = "2026-01-01T00:00:00.000000Z"
 
@@ -488,6 +490,23 @@ class TestSqliteStore(StoreContract):
             assert s.get_command("c-1") == record("c-1")
 
 
+class TestPostgresStore(StoreContract):
+    @pytest.fixture
+    def store(self, pg_db: PgUrl) -> Iterator[Store]:
+        s = open_pg_store(pg_db)
+        yield s
+        s.close()
+
+    def test_committed_data_survives_reopening(self, pg_db: PgUrl) -> None:
+        with open_pg_store(pg_db) as s:
+            self.seed(s)
+            state, head = s.load_state(), s.head()
+        with open_pg_store(pg_db, readonly=True) as s:
+            assert s.load_state() == state
+            assert s.head() == head
+            assert s.get_command("c-1") == record("c-1")
+
+
 class TestMemoryStore(StoreContract):
     reopenable = False
 
@@ -501,17 +520,21 @@ class TestMemoryStore(StoreContract):
 # --- the factory: what the user typed --------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["postgresql://ledger@localhost:5432/ledger",
-                                 "postgres://u:secret@db.example/ledger",
-                                 "POSTGRESQL://host/db"])
-def test_the_factory_refuses_a_postgresql_url_for_now(sandbox: Path, url: str) -> None:
-    for call in (locate, open_store, initialise_store):
-        with pytest.raises(CoordinatorError) as refused:
-            call(url)
-        assert refused.value.code == "DB_UNSUPPORTED", call
-        assert "not supported yet" in refused.value.message
-        assert "secret" not in refused.value.message
-    assert not (sandbox / "data").exists()  # nothing created
+@pytest.mark.parametrize(("url", "shown", "name"), [
+    ("postgresql://ledger@localhost:5432/ledger", "postgresql://ledger@localhost:5432/ledger",
+     "postgresql://ledger@localhost:5432/ledger"),
+    ("postgres://u:secret@db.example/led%20ger?sslmode=disable&password=secret2",
+     "postgres://u:***@db.example/led%20ger?sslmode=disable&password=***",
+     "postgres://u@db.example/led%20ger"),
+    ("POSTGRESQL://host/db", "postgresql://host/db", "postgresql://host/db")])
+def test_the_factory_locates_a_postgresql_url_without_showing_its_password(
+        sandbox: Path, url: str, shown: str, name: str) -> None:
+    locator = locate(url)
+    assert locator.scheme == "postgresql"
+    assert locator.address == url.replace("POSTGRESQL:", "postgresql:")  # libpq's case
+    assert (locator.describe(), locator.name) == (shown, name)
+    assert "secret" not in repr(locator)
+    assert not (sandbox / "data").exists()  # nothing created, nothing touched
 
 
 @pytest.mark.parametrize("url", ["mysql://host/db", "sqlite:///tmp/x.db", "file://x.db",

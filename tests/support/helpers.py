@@ -14,8 +14,10 @@ from ledger.log.chain import GENESIS_HASH, event_hash
 from ledger.plans.ledger import CommandResult, Ledger
 from ledger.storage import sqlite as ledger_sqlite
 from ledger.storage.base import Store
+from ledger.storage.postgres_store import PgStore
 from ledger.storage.rows import Event
 from ledger.storage.sqlite import SqliteStore
+from tests.support.pgstore import dump_pg_tables
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 SCENARIO_DIR: Final = ROOT / "scenarios"
@@ -116,7 +118,8 @@ def dump_tables(path: Path, tables: Iterable[str]) -> dict[str, list[tuple[Any, 
 def capture(store: Store) -> dict[str, Any]:
     """Everything a rejected command must leave as it was: head, state rows, events.
 
-    For SQLite the state tables and the events table are also dumped with raw sqlite3.
+    For SQLite and PostgreSQL the state tables and the events table are also dumped with
+    the plain driver.
     (The ``commands`` table is checked separately: a well-formed command that is
     rejected is remembered there on purpose, so a retry gets the same answer.)
     """
@@ -127,6 +130,8 @@ def capture(store: Store) -> dict[str, Any]:
     }
     if isinstance(store, SqliteStore):
         out["tables"] = dump_tables(store.path, (*STATE_TABLES, "events"))
+    elif isinstance(store, PgStore):
+        out["tables"] = dump_pg_tables(store, (*STATE_TABLES, "events"))
     return out
 
 
