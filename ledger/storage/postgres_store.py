@@ -19,7 +19,7 @@ Sessions. A store holds:
   :data:`LOCK_TIMEOUT_MS`) in one round trip; this is where a fencing check belongs. A
   writer session that breaks is never replaced: the store then refuses every write
   (DB_CONNECTION_LOST) and its owner must open a new one. Group commit writes each
-  table's rows with one statement (``INSERT ... SELECT FROM unnest(arrays)``);
+  table's new rows with one COPY, and the changed items with one UPDATE;
 - read snapshots (:class:`PgSnapshot`, ``REPEATABLE READ READ ONLY``) on sessions of
   their own, kept for reuse; one can be exported (``pg_export_snapshot()``) and attached
   to from another process (:meth:`PgStore.shared_snapshot`), so that a verify_chain
@@ -111,24 +111,28 @@ _TABLES_SQL: Final = ("SELECT c.relname FROM pg_class c WHERE c.relkind IN ('r',
                       "AND c.relname = ANY(%s)")
 
 
-def _unnest(types: Sequence[str]) -> str:
-    return ", ".join(f"%s::{t}[]" for t in types)
+def _unnest_insert(table: str, columns: str, types: Sequence[str]) -> str:
+    """``INSERT`` of many rows in one statement, each column one binary array (``%b``:
+    psycopg sends each element as it is, with no text quoting; the events trigger then
+    checks all the rows at once)."""
+    arrays = ", ".join(f"%b::{t}[]" for t in types)
+    return f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})"
 
 
-_INSERT_EVENTS: Final = (f"INSERT INTO events ({_EVENT_COLS}) SELECT * FROM unnest("
-                         f"{_unnest(['bigint'] + ['text'] * 12)})")
-_INSERT_COMMANDS: Final = (f"INSERT INTO commands ({_COMMAND_COLS}) SELECT * FROM unnest("
-                           f"{_unnest(['text', 'text', 'text', 'bigint', 'text', 'text'])})")
-_ITEM_TYPES: Final = ["text"] * 5 + ["bigint", "text", "text", "bigint", "text", "text"]
-_INSERT_ITEMS: Final = (f"INSERT INTO plan_items ({_ITEM_COLS}) SELECT * FROM unnest("
-                        f"{_unnest(_ITEM_TYPES)})")
+_INSERT_EVENTS: Final = _unnest_insert("events", _EVENT_COLS, ["bigint"] + ["text"] * 12)
+_INSERT_COMMANDS: Final = _unnest_insert(
+    "commands", _COMMAND_COLS, ("text", "text", "text", "bigint", "text", "text"))
+_INSERT_ITEMS: Final = _unnest_insert(
+    "plan_items", _ITEM_COLS, ["text"] * 5 + ["bigint", "text", "text", "bigint", "text", "text"])
 _UPDATED_ITEM_COLS: Final = ("kind", "title", "state", "priority", "assigned_to", "due_ts",
-                             "version", "updated_ts")
+                             "version", "updated_ts", "item_id")
+_UPDATED_ITEM_TYPES: Final = ("text", "text", "text", "bigint", "text", "text", "bigint",
+                              "text", "text")
 _UPDATE_ITEMS: Final = (
     "UPDATE plan_items AS t SET "
-    + ", ".join(f"{c} = u.{c}" for c in _UPDATED_ITEM_COLS)
-    + f" FROM unnest({_unnest(['text'] * 3 + ['bigint', 'text', 'text', 'bigint'] + ['text'] * 2)})"
-    f" AS u({', '.join(_UPDATED_ITEM_COLS)}, item_id) WHERE t.item_id = u.item_id")
+    + ", ".join(f"{c} = u.{c}" for c in _UPDATED_ITEM_COLS[:-1])
+    + " FROM unnest(" + ", ".join(f"%b::{t}[]" for t in _UPDATED_ITEM_TYPES) + ")"
+    + f" AS u({', '.join(_UPDATED_ITEM_COLS)}) WHERE t.item_id = u.item_id")
 
 #: SQLSTATEs: the session is gone (class 08, and the server shutting down or crashed)
 _LOST_STATES: Final = frozenset({"57P01", "57P02", "57P03"})
@@ -388,42 +392,51 @@ class _Reads:
         return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
 
-def _columns(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows as one list per column (the arrays an ``unnest`` insert takes)."""
-    cols: list[list[Any]] = [[] for _ in range(width)]
-    for row in rows:
-        for col, value in zip(cols, row, strict=True):
-            col.append(value)
-    return cols
+def _arrays(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as one list per column (what an ``unnest`` statement takes)."""
+    return [list(col) for col in zip(*rows, strict=True)]
 
 
 class _PgTx(_Reads, Transaction):
-    """A write transaction on the writer session; psycopg errors are translated by
-    :meth:`PgStore.transaction` when they leave it."""
+    """A write transaction on the writer session. Writes are queued and sent together,
+    in one pipeline (one round trip), before the next read of the transaction or with
+    its COMMIT (:meth:`send`); so an error of a write shows there. psycopg errors are
+    translated by :meth:`PgStore.transaction` when they leave it."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, head: tuple[int, str]) -> None:
         self._conn = conn
-        self._head: tuple[int, str] | None = None  # the writer's own appends keep it fresh
+        self._head = head  # read by BEGIN; the writer's own appends keep it fresh
+        self.queued: list[tuple[str, Sequence[Any]]] = []
+
+    def send(self, *then: str) -> list[psycopg.Cursor[Any]]:
+        """Send the queued writes, then the statements ``then`` (COMMIT), in one pipeline;
+        the cursors of ``then``, once every statement is done (raises the first error)."""
+        queued, self.queued = self.queued, []
+        if not queued and not then:
+            return []
+        with self._conn.pipeline():
+            for query, params in queued:
+                self._conn.execute(query, params)
+            return [self._conn.execute(query) for query in then]
 
     def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
+        self.send()
         return self._conn.execute(query, params).fetchone()
 
     def head(self) -> tuple[int, str]:
-        if self._head is None:
-            self._head = super().head()
         return self._head
 
     def insert_plan(self, plan: Plan) -> None:
-        self._conn.execute(f"INSERT INTO plans ({_PLAN_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                           (plan.plan_id, plan.title, plan.owner_agent, plan.status,
-                            plan.version, plan.created_ts, plan.updated_ts))
+        self.queued.append((f"INSERT INTO plans ({_PLAN_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                            (plan.plan_id, plan.title, plan.owner_agent, plan.status,
+                             plan.version, plan.created_ts, plan.updated_ts)))
 
     def update_plan(self, plan: Plan) -> None:
-        self._conn.execute(
+        self.queued.append((
             "UPDATE plans SET title = %s, owner_agent = %s, status = %s, version = %s,"
             " updated_ts = %s WHERE plan_id = %s",
             (plan.title, plan.owner_agent, plan.status, plan.version, plan.updated_ts,
-             plan.plan_id))
+             plan.plan_id)))
 
     def insert_item(self, item: Item) -> None:
         self.insert_items((item,))
@@ -432,10 +445,10 @@ class _PgTx(_Reads, Transaction):
         self.update_items((item,))
 
     def insert_link(self, link: Link) -> None:
-        self._conn.execute(f"INSERT INTO plan_links ({_LINK_COLS}) VALUES "
-                           "(%s,%s,%s,%s,%s,%s)",
-                           (link.link_id, link.plan_id, link.from_item_id, link.to_item_id,
-                            link.link_type, link.created_ts))
+        self.queued.append((f"INSERT INTO plan_links ({_LINK_COLS}) VALUES "
+                            "(%s,%s,%s,%s,%s,%s)",
+                            (link.link_id, link.plan_id, link.from_item_id, link.to_item_id,
+                             link.link_type, link.created_ts)))
 
     def append_event(self, event: Event) -> None:
         self.append_events((event,))
@@ -447,37 +460,37 @@ class _PgTx(_Reads, Transaction):
         wanted = [c for c in command_ids if not _nul(c)]
         if not wanted:
             return {}
+        self.send()
         rows = self._conn.execute(f"SELECT {_COMMAND_COLS} FROM commands "
-                                  "WHERE command_id = ANY(%s)", (wanted,)).fetchall()
+                                  "WHERE command_id = ANY(%b::text[])", (wanted,)).fetchall()
         return {row[0]: CommandRecord(*row) for row in rows}
 
     def append_events(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        self._conn.execute(_INSERT_EVENTS, _columns(
-            ((e.seq, e.event_id, e.ts, e.event_type, e.session_id, e.task_id, e.actor,
-              e.plan_id, e.item_id, e.command_id, e.payload, e.prev_hash, e.hash)
-             for e in events), 13))
+        self.queued.append((_INSERT_EVENTS, _arrays([
+            (e.seq, e.event_id, e.ts, e.event_type, e.session_id, e.task_id, e.actor,
+             e.plan_id, e.item_id, e.command_id, e.payload, e.prev_hash, e.hash)
+            for e in events])))
         self._head = (events[-1].seq, events[-1].hash)
 
     def put_commands(self, records: Iterable[CommandRecord]) -> None:
-        cols = _columns(((r.command_id, r.fingerprint, r.status, r.seq, r.outcome, r.ts)
-                         for r in records), 6)
-        if cols[0]:
-            self._conn.execute(_INSERT_COMMANDS, cols)
+        rows = [(r.command_id, r.fingerprint, r.status, r.seq, r.outcome, r.ts)
+                for r in records]
+        if rows:
+            self.queued.append((_INSERT_COMMANDS, _arrays(rows)))
 
     def insert_items(self, items: Iterable[Item]) -> None:
-        cols = _columns(((i.item_id, i.plan_id, i.kind, i.title, i.state, i.priority,
-                          i.assigned_to, i.due_ts, i.version, i.created_ts, i.updated_ts)
-                         for i in items), 11)
-        if cols[0]:
-            self._conn.execute(_INSERT_ITEMS, cols)
+        rows = [(i.item_id, i.plan_id, i.kind, i.title, i.state, i.priority, i.assigned_to,
+                 i.due_ts, i.version, i.created_ts, i.updated_ts) for i in items]
+        if rows:
+            self.queued.append((_INSERT_ITEMS, _arrays(rows)))
 
     def update_items(self, items: Iterable[Item]) -> None:
-        cols = _columns(((i.kind, i.title, i.state, i.priority, i.assigned_to, i.due_ts,
-                          i.version, i.updated_ts, i.item_id) for i in items), 9)
-        if cols[0]:
-            self._conn.execute(_UPDATE_ITEMS, cols)
+        rows = [(i.kind, i.title, i.state, i.priority, i.assigned_to, i.due_ts, i.version,
+                 i.updated_ts, i.item_id) for i in items]
+        if rows:
+            self.queued.append((_UPDATE_ITEMS, _arrays(rows)))
 
 
 # --------------------------------------------------------------------------- snapshots
@@ -675,9 +688,10 @@ class PgStore(_Reads, Store):
     # ---- writing
 
     def begin_sql(self) -> str:
-        """What every write transaction sends first, in one round trip: ``BEGIN`` and
-        the writer lock (:data:`WRITER_LOCK`, released at COMMIT or ROLLBACK). The place
-        for a check that this writer may still write."""
+        """What every write transaction sends first: ``BEGIN`` and the writer lock
+        (:data:`WRITER_LOCK`, released at COMMIT or ROLLBACK); the chain head is read
+        after it, in the same round trip. The place for a check that this writer may
+        still write (statements without parameters, separated by ``;``)."""
         return f"BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
 
     def _writer_session(self) -> Connection:
@@ -701,18 +715,29 @@ class PgStore(_Reads, Store):
             _rollback(conn)
         return error
 
+    def _begin(self, conn: Connection) -> tuple[int, str]:
+        """BEGIN, the writer lock, and the head, in one round trip."""
+        try:
+            cursor = conn.execute(f"{self.begin_sql()}; {_HEAD_SQL}")
+            while cursor.nextset():
+                pass
+            row = cursor.fetchone()
+        except psycopg.Error as exc:
+            raise self._write_failed(exc, "beginning a transaction", conn) from None
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
+        """Commit on normal exit (the queued writes and COMMIT in one round trip), roll
+        back on exception. A lost session while committing: DB_CONNECTION_LOST, the
+        outcome unknown."""
         if self.readonly:
             raise StorageError(ErrorCode.DB_ERROR, "database was opened read-only")
         with self._write_lock:
             conn = self._writer_session()
+            tx = _PgTx(conn, self._begin(conn))
             try:
-                conn.execute(self.begin_sql())
-            except psycopg.Error as exc:
-                raise self._write_failed(exc, "beginning a transaction", conn) from None
-            try:
-                yield _PgTx(conn)
+                yield tx
             except psycopg.Error as exc:
                 raise self._write_failed(exc, "writing", conn) from exc
             except BaseException:
@@ -723,12 +748,13 @@ class PgStore(_Reads, Store):
                 raise StorageError(ErrorCode.DB_ERROR, f"{self._locator.name}: a statement "
                                    "of the transaction failed; nothing was committed")
             try:
-                cursor = conn.execute("COMMIT")
+                (commit,) = tx.send("COMMIT")
             except psycopg.Error as exc:
+                # the session gone with COMMIT sent: it may have been committed
                 raise self._write_failed(exc, "committing", conn, committing=True) from exc
-            if cursor.statusmessage != "COMMIT":
+            if commit.statusmessage != "COMMIT":
                 raise StorageError(ErrorCode.DB_ERROR, f"{self._locator.name}: the server "
-                                   f"answered COMMIT with {cursor.statusmessage}; nothing "
+                                   f"answered COMMIT with {commit.statusmessage}; nothing "
                                    "was committed")
 
     # ---- snapshots
