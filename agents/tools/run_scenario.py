@@ -24,8 +24,9 @@ from broker.security import CurvePaths, add_client_args, client_paths, identity_
 from ledger.cli.common import EXIT_FAILED_CHECK, emit, parser, run
 from ledger.plans.ledger import CommandResult
 from ledger.plans.scenario import build_report
-from ledger.runtime.sandbox import resolve_db, resolve_output_dir, resolve_scenario
+from ledger.runtime.sandbox import resolve_output_dir, resolve_scenario
 from ledger.runtime.service import positive_float, positive_int
+from ledger.storage.factory import locate
 from schema import wire
 from schema.errors import CoordinatorError, ErrorCode
 from schema.scenario import Scenario, Step, load_scenario
@@ -95,10 +96,10 @@ def _scenario_run(args: Any) -> dict[str, Any]:
         else:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             db = args.db or f"data/runs/{scenario.scenario_id}-{stamp}.db"
-            resolve_db(db)  # refuse a bad path before starting anything
+            shown = locate(db).describe()  # refuse a bad path or URL before starting
             bus = start_bus(db, log_dir=_log_dir())
             front, pub = bus.front, bus.pub
-            info = {"db": db, "broker": front, "pub": pub}
+            info = {"db": shown, "broker": front, "pub": pub}
         keys = functools.partial(client_paths, args)  # CURVE: keys of each actor, or {}
         with AgentClient(front, identity_of(keys("run_scenario"), "run_scenario"),
                          timeout=args.timeout, **keys("run_scenario")) as probe:
@@ -174,7 +175,8 @@ def _main(argv: list[str]) -> int:
     p.add_argument("path", nargs="?", metavar="PATH", help="scenario file under scenarios/")
     p.add_argument("--broker", metavar="ADDR", help="use a running broker's front end")
     p.add_argument("--pub", metavar="ADDR", help="its PUB endpoint (for the monitor)")
-    p.add_argument("--db", metavar="PATH", help="database under data/ (default: a fresh one)")
+    p.add_argument("--db", metavar="PATH|URL", help="database under data/ (default: a fresh "
+                   "one), or a postgresql:// URL")
     p.add_argument("--timeout", type=positive_float, default=5.0, metavar="S",
                    help="per-request timeout before a retry (default 5)")
     g = p.add_argument_group("--agents mode")

@@ -40,8 +40,10 @@ def parser(prog: str, description: str, epilog: str | None = None) -> JsonArgume
 
 
 def add_db_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=None, metavar="PATH",
-                   help=f"database, relative to the sandbox root (default {DEFAULT_DB})")
+    p.add_argument("--db", default=None, metavar="PATH|URL",
+                   help=f"database: a SQLite file relative to the sandbox root (default "
+                   f"{DEFAULT_DB}), or a postgresql://user@host:port/dbname URL (libpq's "
+                   "environment and password file work; a password is never printed)")
 
 
 def open_store(db: str | None, *, readonly: bool = False) -> Store:

@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> None:
         "one is refused: the ready line is {\"ok\": false, \"error\": {\"code\": "
         "\"DB_DAMAGED\", ...}} and the exit status 3 (bin/verify_chain says where). "
         "Durability: docs/DURABILITY.md.")
-    p.add_argument("--db", default=None, metavar="PATH",
-                   help="database under data/ (default data/os_sandbox.db; created if missing)")
+    p.add_argument("--db", default=None, metavar="PATH|URL",
+                   help="database under data/ (default data/os_sandbox.db; created if "
+                   "missing), or a postgresql:// URL of an existing database (its ledger "
+                   "schema is created if it has none; a password is never printed)")
     p.add_argument("--bind", default=DEFAULT_LEDGER, metavar="ADDR",
                    help=f"ROUTER endpoint the broker connects to (default {DEFAULT_LEDGER}; "
                    "port * picks a free one; loopback or ipc:// only: it is for the broker)")
