@@ -309,6 +309,19 @@ class PgUrl:
     password: str | None = field(default=None, repr=False)
     passfile: Path | None = None
 
+    @classmethod
+    def from_dsn(cls, dsn: str, *, connect_timeout: int = 10) -> PgUrl:
+        """What libpq makes of ``dsn`` (a URL or ``key=value`` string; its environment
+        and password file fill the gaps): one connection learns host, port, user and
+        database; the password or passfile ``dsn`` names is kept. Raises psycopg.Error."""
+        params = conninfo_to_dict(dsn)
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+            info = conn.info
+            return cls(info.host, info.port, info.user, info.dbname,
+                       password=str(params["password"]) if "password" in params else None,
+                       passfile=Path(str(params["passfile"])) if "passfile" in params
+                       else None)
+
     def with_db(self, dbname: str) -> PgUrl:
         return replace(self, dbname=dbname)
 

@@ -35,7 +35,6 @@ from typing import NoReturn
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from agents.tools.pgcluster import (
     Credentials,
@@ -73,12 +72,7 @@ def _fail(what: str, error: BaseException) -> NoReturn:
 
 def _external_admin(dsn: str) -> PgUrl:
     """L3_TEST_PG_URL as a PgUrl; libpq fills what it leaves out (PGHOST, PGPASSFILE...)."""
-    params = conninfo_to_dict(dsn)
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-        info = conn.info
-        return PgUrl(info.host, info.port, info.user, info.dbname,
-                     password=str(params["password"]) if "password" in params else None,
-                     passfile=Path(str(params["passfile"])) if "passfile" in params else None)
+    return PgUrl.from_dsn(dsn)
 
 
 @pytest.fixture(scope="session")
