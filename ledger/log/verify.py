@@ -111,7 +111,7 @@ def _walk_with(helper: ChainHelper, snap: ReadSnapshot, head: int, walk: ChainWa
     chunk reports in order."""
     chunk = helper.chunk
     count = chunk_count(head, chunk)
-    helper.begin(head)
+    helper.begin(head, snap.export())  # the helper reads this very snapshot, if it can
     theirs: set[int] = set()
     ahead = 0  # the next chunk that may be handed over
 

@@ -24,9 +24,11 @@ no report for itself.
 
 The helper opens the same store read-only from its locator (through
 :func:`ledger.storage.factory.open_store`, any backend that can be opened from another
-process) and reads one read snapshot of its own, taken when its first chunk arrives:
-after the verifier read its head, so the log being append-only, its rows up to that
-head are the verifier's rows.
+process) and reads the verifier's own snapshot when the backend can share one
+(PostgreSQL: ``pg_export_snapshot()``, :meth:`ledger.storage.base.Store.shared_snapshot`);
+otherwise (SQLite) one of its own, taken when its first chunk arrives: after the
+verifier read its head, so the log being append-only, its rows up to that head are the
+verifier's rows.
 """
 
 from __future__ import annotations
@@ -111,10 +113,10 @@ def _helper_main(locator: Locator, conn: Connection) -> None:
         with contextlib.ExitStack() as opened:
             snap: ReadSnapshot | None = None
             while (job := conn.recv()) is not None:
+                k, chunk, head, token = job
                 if snap is None:  # now, after the verifier has read its head
                     store = opened.enter_context(open_store(locator, readonly=True))
-                    snap = opened.enter_context(store.read_snapshot())
-                k, chunk, head = job
+                    snap = opened.enter_context(store.shared_snapshot(token))
                 conn.send(check_chunk(snap, k, chunk, head))
     except EOFError:  # the verifier is gone
         return
@@ -155,6 +157,7 @@ class ChainHelper:
         if not held:
             self._released.set()
         self._head = 0
+        self._token: str | None = None
         self._pending = 0
         #: the chunks handed over, and the reports received
         self.assigned: list[int] = []
@@ -168,8 +171,11 @@ class ChainHelper:
 
     # --- the verifier's side ------------------------------------------------------------
 
-    def begin(self, head: int) -> None:
+    def begin(self, head: int, token: str | None = None) -> None:
+        """The verifier read ``head``, in the snapshot ``token`` names, if its backend
+        shares snapshots (:meth:`ledger.storage.base.ReadSnapshot.export`)."""
         self._head = head
+        self._token = token
 
     def want_work(self) -> bool:
         """Whether to hand over another chunk now (takes in the reports that came)."""
@@ -181,7 +187,7 @@ class ChainHelper:
     def assign(self, k: int) -> bool:
         """Hand over chunk ``k``; False if the helper is gone (the verifier keeps it)."""
         try:
-            self._pipe.send((k, self.chunk, self._head))
+            self._pipe.send((k, self.chunk, self._head, self._token))
         except OSError as exc:
             self.error = f"the helper process is gone ({exc})"
             return False

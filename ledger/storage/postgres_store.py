@@ -217,10 +217,11 @@ def storage_error(exc: psycopg.Error, doing: str, *, name: str, scrub: Scrub,
 
 
 def connect(locator: Locator, *, settings: dict[str, str] | None = None,
-            check_server: bool = True) -> Connection:
+            check_server: bool = True, role: str = "") -> Connection:
     """An autocommit session to the database ``locator`` names, with ``settings``
     (``SET name = value``, ours only) applied. The URL goes to libpq as it is; this
-    adds only ``fallback_application_name`` and a ``connect_timeout`` of
+    adds only ``fallback_application_name`` (``l3-ledger``, plus `` role``: what
+    ``pg_stat_activity`` shows unless the URL names one) and a ``connect_timeout`` of
     :data:`CONNECT_TIMEOUT` s when neither the URL nor the environment sets one.
     ``check_server``: refuse (DB_UNSUPPORTED) a server before :data:`MIN_SERVER_VERSION`
     or one whose database is not UTF8."""
@@ -229,7 +230,8 @@ def connect(locator: Locator, *, settings: dict[str, str] | None = None,
         params = conninfo_to_dict(locator.address)
     except psycopg.Error as exc:
         raise connect_error(exc, locator, scrub) from None
-    extra: dict[str, Any] = {"fallback_application_name": APPLICATION_NAME}
+    extra: dict[str, Any] = {"fallback_application_name":
+                             f"{APPLICATION_NAME} {role}".strip()}
     if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
         extra["connect_timeout"] = CONNECT_TIMEOUT
     try:
@@ -540,20 +542,10 @@ class PgSnapshot(ReadSnapshot):
             raise self._fail(exc, doing) from None
 
     def export(self) -> str | None:
-        """``pg_export_snapshot()``: another session (another process, too) attaches to
-        this snapshot with it while this one is open (None: the server cannot export
-        one here, e.g. on a standby)."""
-        try:
-            self.conn.execute("SAVEPOINT l3_export")
-            try:
-                row = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
-            except psycopg.Error:
-                self.conn.execute("ROLLBACK TO SAVEPOINT l3_export")
-                return None
-            self.conn.execute("RELEASE SAVEPOINT l3_export")
-        except psycopg.Error as exc:
-            raise self._fail(exc, "exporting the snapshot") from None
-        return None if row is None else str(row[0])
+        """``pg_export_snapshot()`` (standbys too): another session, in another process
+        too, attaches to this snapshot with it while this one is open."""
+        return str(self._all("SELECT pg_export_snapshot()", doing="exporting the snapshot"
+                             )[0][0])
 
     def head(self) -> tuple[int, str]:
         rows = self._all(_HEAD_SQL)
@@ -654,7 +646,7 @@ class PgStore(_Reads, Store):
             settings["synchronous_commit"] = "on" if self.durability == "full" else "off"
         elif self.readonly:
             settings["default_transaction_read_only"] = "on"
-        return connect(self._locator, settings=settings)
+        return connect(self._locator, settings=settings, role="writer" if writer else "")
 
     def _fail(self, exc: psycopg.Error, doing: str, conn: Connection | None = None, *,
               damage: bool = False, committing: bool = False) -> StorageError:

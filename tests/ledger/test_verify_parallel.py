@@ -56,7 +56,7 @@ class ScriptedHelper:
         self.error: str | None = None
         self.head = -1
 
-    def begin(self, head: int) -> None:
+    def begin(self, head: int, token: str | None = None) -> None:
         self.head = head
 
     def want_work(self) -> bool:
