@@ -169,7 +169,8 @@ class LedgerServer:
 
     def _refuse_commands(self, error: StorageError) -> None:
         """The background page check failed (on its thread): from now on every command
-        gets this error, and the main loop stops; main() exits with status 3."""
+        gets this error, and the main loop stops; main() exits with status 3. (A store
+        that lost its database session, DB_CONNECTION_LOST, stops it the same way.)"""
         self.refusal = error
 
     def _checked_snapshot(self) -> tuple[int, str, Any]:
@@ -310,6 +311,11 @@ class LedgerServer:
                     outcomes.append(self.ledger.apply(command))
                 except CoordinatorError as one:  # storage failure: nothing committed
                     outcomes.append(one)
+        lost = [o for o in outcomes if isinstance(o, StorageError)
+                and o.code == ErrorCode.DB_CONNECTION_LOST]
+        if lost and self.refusal is None:  # the store writes no more: stop, exit 3
+            log.error("the database session is gone: %s", lost[0].message)
+            self.refusal = lost[0]
         self.stats["batches"] += 1
         self.stats["commands"] += len(commands)
         self.commits_since_checkpoint += 1
