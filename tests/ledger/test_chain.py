@@ -1,21 +1,22 @@
 """The L1 hash chain: pure functions (ledger.chain) and tamper detection (ledger.verify).
 
-Tampering is done with raw sqlite3 after dropping the append-only triggers, the way an
-attacker with write access to the file would.
+Tampering is done with plain SQL, no ledger code, the way an attacker with write access
+to the database would: on SQLite with the append-only triggers dropped, on PostgreSQL
+with them (and the foreign keys) switched off for the session
+(tests/support/chain_dbs.py). Every tamper test runs on both backends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agents.tools.pgcluster import PgUrl
 from ledger.log.chain import (
     GENESIS_HASH,
     HASHED_COLUMNS,
@@ -25,22 +26,23 @@ from ledger.log.chain import (
     preimage,
     verify_events,
 )
-from ledger.log.verify import verify_store
+from ledger.plans.ledger import Ledger
 from ledger.storage.rows import Event
-from ledger.storage.sqlite import SqliteStore
 from schema.vocabulary import EVENT_COLUMNS
+from tests.support.chain_dbs import ChainDb, PgDb, Raw, SqliteDb, verify
 from tests.support.helpers import (
     EVENT_COLUMNS_IN_TABLE,
     SMALL_LOG_EVENTS,
+    apply_all,
     build_db,
     copy_db,
-    drop_append_only_triggers,
     event_rows,
     make_chain,
     make_event,
-    raw_connect,
     small_log,
 )
+from tests.support.pg import PgServer
+from tests.support.pgstore import open_pg_store
 
 N = SMALL_LOG_EVENTS
 
@@ -196,21 +198,36 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def db(template: Path, tmp_path: Path) -> Path:
-    return copy_db(template, tmp_path / "data" / "copy.db")
+@pytest.fixture(scope="module")
+def pg_template(pg_server: PgServer) -> Iterator[str]:
+    """A PostgreSQL database holding the small log, copied for each test."""
+    url = pg_server.databases.create(prefix="l3chain", template=pg_server.template)
+    with open_pg_store(url) as store:
+        assert [r.status for r in apply_all(Ledger(store), small_log())][-2:] == [
+            "CONFLICT", "APPLIED"]
+    yield url.dbname
+    pg_server.databases.drop(url.dbname)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainDb]:
+    """A fresh copy of the small log's database."""
+    if request.param == "sqlite":
+        yield SqliteDb(copy_db(request.getfixturevalue("template"),
+                               tmp_path / "data" / "copy.db"))
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    url = server.databases.create(template=request.getfixturevalue("pg_template"))
+    try:
+        yield PgDb(url)
+    finally:
+        server.databases.drop(url.dbname)
 
 
 @pytest.fixture
-def tamper(db: Path) -> Iterator[sqlite3.Connection]:
-    with closing(raw_connect(db)) as conn:
-        drop_append_only_triggers(conn)
+def tamper(db: ChainDb) -> Iterator[Raw]:
+    with db.raw(triggers=False) as conn:
         yield conn
-
-
-def verify(db: Path) -> dict[str, Any]:
-    with SqliteStore(db, readonly=True) as store:
-        return verify_store(store)
 
 
 def assert_broken_at(report: dict[str, Any], seq: int) -> None:
@@ -221,19 +238,20 @@ def assert_broken_at(report: dict[str, Any], seq: int) -> None:
         m["seq"] for m in report["mismatches"])
 
 
-def test_good_log_verifies(db: Path) -> None:
+def test_good_log_verifies(db: ChainDb) -> None:
     report = verify(db)
-    with SqliteStore(db, readonly=True) as store:
+    with db.open() as store:
         seq, head = store.head()
     assert report == {"chain_status": "OK", "events": N, "head_seq": N, "head_hash": head,
                       "mismatches": [], "mismatch_count": 0}
     assert seq == N
 
 
-def test_empty_log_verifies(sqlite_path: Path) -> None:
-    assert verify(sqlite_path) == {"chain_status": "OK", "events": 0, "head_seq": 0,
-                                   "head_hash": GENESIS_HASH, "mismatches": [],
-                                   "mismatch_count": 0}
+def test_empty_log_verifies(sqlite_path: Path, pg_db: PgUrl) -> None:
+    for empty in (SqliteDb(sqlite_path), PgDb(pg_db)):
+        assert verify(empty) == {"chain_status": "OK", "events": 0, "head_seq": 0,
+                                 "head_hash": GENESIS_HASH, "mismatches": [],
+                                 "mismatch_count": 0}
 
 
 def altered(column: str, value: Any) -> Any:
@@ -249,7 +267,7 @@ def altered(column: str, value: Any) -> Any:
 @pytest.mark.parametrize("column", EVENT_COLUMNS_IN_TABLE)
 @pytest.mark.parametrize("seq", range(1, N + 1))
 def test_altering_any_column_of_any_row_is_caught_at_that_seq(
-        db: Path, tamper: sqlite3.Connection, seq: int, column: str) -> None:
+        db: ChainDb, tamper: Raw, seq: int, column: str) -> None:
     old = tamper.execute(f"SELECT {column} FROM events WHERE seq = ?", (seq,)).fetchone()[0]
     new = altered(column, old)
     assert new != old
@@ -268,7 +286,7 @@ def test_altering_any_column_of_any_row_is_caught_at_that_seq(
     (2, "actor", "liam"),
     (7, "event_type", "PLAN_CONFLICT_DETECTED"),   # a real type, so replay succeeds
 ])
-def test_subtle_alterations_are_caught(db: Path, tamper: sqlite3.Connection, seq: int,
+def test_subtle_alterations_are_caught(db: ChainDb, tamper: Raw, seq: int,
                                        column: str, value: Any) -> None:
     old = tamper.execute(f"SELECT {column} FROM events WHERE seq = ?", (seq,)).fetchone()[0]
     if column == "ts":
@@ -284,36 +302,36 @@ def test_subtle_alterations_are_caught(db: Path, tamper: sqlite3.Connection, seq
 
 
 @pytest.mark.parametrize("seq", range(1, N))
-def test_deleting_a_row_is_caught_at_its_seq(db: Path, tamper: sqlite3.Connection,
+def test_deleting_a_row_is_caught_at_its_seq(db: ChainDb, tamper: Raw,
                                              seq: int) -> None:
     tamper.execute("DELETE FROM events WHERE seq = ?", (seq,))
     assert_broken_at(verify(db), seq)
 
 
 def test_deleting_the_last_row_is_caught_when_it_changed_state(
-        db: Path, tamper: sqlite3.Connection) -> None:
+        db: ChainDb, tamper: Raw) -> None:
     tamper.execute("DELETE FROM events WHERE seq = ?", (N,))
     report = verify(db)
     assert report["chain_status"] == "BROKEN"
     assert any(m["reason"].startswith("state: plan 'P-1'") for m in report["mismatches"])
 
 
-def test_deleting_every_row_is_caught(db: Path, tamper: sqlite3.Connection) -> None:
+def test_deleting_every_row_is_caught(db: ChainDb, tamper: Raw) -> None:
     tamper.execute("DELETE FROM events")
     assert verify(db)["chain_status"] == "BROKEN"
 
 
-def shift_up(conn: sqlite3.Connection, from_seq: int) -> None:
+def shift_up(conn: Raw, from_seq: int) -> None:
     conn.execute("UPDATE events SET seq = seq + 100000 WHERE seq >= ?", (from_seq,))
     conn.execute("UPDATE events SET seq = seq - 99999 WHERE seq >= 100000")
 
 
 @pytest.mark.parametrize("seq", range(1, N + 1))
-def test_inserting_a_forged_row_is_caught(db: Path, tamper: sqlite3.Connection,
+def test_inserting_a_forged_row_is_caught(db: ChainDb, tamper: Raw,
                                           seq: int) -> None:
     """A forged conflict event, correctly linked to its predecessor and correctly hashed,
     slipped in before row ``seq``: the row after it no longer links."""
-    prev = GENESIS_HASH if seq == 1 else event_rows(db)[seq - 2]["hash"]
+    prev = GENESIS_HASH if seq == 1 else db.rows()[seq - 2]["hash"]
     forged = make_event(seq, prev, event_id="forged", session_id="S-SMALL", plan_id="P-1")
     shift_up(tamper, seq)
     row = forged.to_row()
@@ -322,17 +340,17 @@ def test_inserting_a_forged_row_is_caught(db: Path, tamper: sqlite3.Connection,
     assert_broken_at(verify(db), seq + 1)
 
 
-def test_appending_a_forged_state_change_is_caught(db: Path) -> None:
+def test_appending_a_forged_state_change_is_caught(db: ChainDb) -> None:
     """Even a perfectly linked, perfectly hashed new event is caught when the state tables
     do not match it (the forger did not also edit the tables)."""
-    head = event_rows(db)[-1]
+    head = db.rows()[-1]
     payload = canonical_json({"plan_id": "P-1", "item_id": "I-1", "actor": "Eve",
                               "action": "STATE_CHANGE", "expected_version": 2,
                               "new_version": 3, "change": {"state": "DONE"}})
     forged = make_event(N + 1, head["hash"], event_type="PLAN_ITEM_STATE_CHANGED",
                         payload=payload, plan_id="P-1", item_id="I-1", task_id="I-1")
     row = forged.to_row()
-    with closing(raw_connect(db)) as conn:  # the trigger allows a correctly linked append
+    with db.raw(triggers=True) as conn:  # the trigger allows a correctly linked append
         conn.execute(f"INSERT INTO events ({', '.join(row)}) VALUES "
                      f"({', '.join('?' for _ in row)})", tuple(row.values()))
     report = verify(db)
@@ -341,9 +359,9 @@ def test_appending_a_forged_state_change_is_caught(db: Path) -> None:
 
 
 @pytest.mark.parametrize(("a", "b"), [(1, 2), (2, 5), (3, N), (1, N), (6, 7)])
-def test_swapping_two_rows_contents_is_caught(db: Path, tamper: sqlite3.Connection,
+def test_swapping_two_rows_contents_is_caught(db: ChainDb, tamper: Raw,
                                               a: int, b: int) -> None:
-    rows = {r["seq"]: r for r in event_rows(db)}
+    rows = {r["seq"]: r for r in db.rows()}
     cols = [c for c in EVENT_COLUMNS_IN_TABLE if c != "seq"]
     tamper.execute("UPDATE events SET event_id = 'tmp-' || event_id WHERE seq IN (?, ?)",
                    (a, b))  # keeps event_id UNIQUE while the two rows trade places
@@ -353,7 +371,7 @@ def test_swapping_two_rows_contents_is_caught(db: Path, tamper: sqlite3.Connecti
     assert_broken_at(verify(db), a)
 
 
-def test_reordering_rows_is_caught(db: Path, tamper: sqlite3.Connection) -> None:
+def test_reordering_rows_is_caught(db: ChainDb, tamper: Raw) -> None:
     """Rows 3 and 5 change places (each keeps its content, seq numbers swapped)."""
     tamper.execute("UPDATE events SET seq = 1000 WHERE seq = 3")
     tamper.execute("UPDATE events SET seq = 3 WHERE seq = 5")
@@ -387,8 +405,9 @@ STATE_EDITS = [
 
 @pytest.mark.parametrize(("sql", "seq", "reason"), STATE_EDITS,
                          ids=[e[0][:40] for e in STATE_EDITS])
-def test_editing_a_state_row_is_caught(db: Path, sql: str, seq: int, reason: str) -> None:
-    with closing(raw_connect(db)) as conn:  # state tables have no triggers: plain SQL
+def test_editing_a_state_row_is_caught(db: ChainDb, sql: str, seq: int,
+                                       reason: str) -> None:
+    with db.raw(triggers=False) as conn:  # no foreign keys either (sqlite3's default)
         conn.execute(sql)
     report = verify(db)
     assert_broken_at(report, seq)
@@ -397,10 +416,10 @@ def test_editing_a_state_row_is_caught(db: Path, sql: str, seq: int, reason: str
 
 
 def test_a_full_rewrite_with_recomputed_hashes_still_needs_the_state_to_match(
-        db: Path, tamper: sqlite3.Connection) -> None:
+        db: ChainDb, tamper: Raw) -> None:
     """A forger who edits a payload and recomputes every hash after it passes the chain
     check, but the replayed state then differs from the tables."""
-    rows = event_rows(db)
+    rows = db.rows()
     payload = json.loads(rows[4]["payload"])  # seq 5: I-1 TODO -> IN_PROGRESS
     payload["change"] = {"state": "BLOCKED"}
     rows[4]["payload"] = canonical_json(payload)
