@@ -44,6 +44,8 @@ ELSEWHERE: Final = {
     "DB_ERROR": "tests/ledger/test_damaged_db.py",
     "DB_DAMAGED": "tests/broker/test_broker_batches.py",
     "ACTOR_MISMATCH": "tests/broker/test_curve.py",
+    "DB_CONNECTION_LOST": "tests/ledger/test_postgres_faults.py",
+    "DB_READ_ONLY": "tests/ledger/test_postgres_faults.py",
 }
 #: ... and those no test provokes on the wire, with the reason.
 NOT_PROVOKED: Final = {
