@@ -28,7 +28,6 @@ from ledger.log.projection import project
 from ledger.log.verify import verify_store
 from ledger.log.verify_parallel import ChainHelper
 from ledger.plans.ledger import Ledger
-from ledger.plans.scenario import apply_scenario
 from ledger.server import reader
 from ledger.storage.base import Store
 from ledger.storage.postgres_store import PgStore

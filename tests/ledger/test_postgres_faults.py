@@ -126,10 +126,14 @@ def bad_url(name: str, pg_server: PgServer, pg_db: PgUrl) -> str:
         "bad URL": with_password(pg_db, password) + "?bogus_option=1"}[name]
 
 
-#: every CLI with the wrong password; each other bad URL with one of them
-CLI_CASES = [("wrong password", c) for c in CLIS] + [
-    ("unreachable", CLIS[3]), ("no password", CLIS[1]), ("unknown role", CLIS[4]),
-    ("no such database", CLIS[0]), ("bad URL", CLIS[6])]
+#: each bad URL through one CLI or another (they share one way to a store), the wrong
+#: password through three whose error paths differ (init, verify's integrity thread,
+#: the health report)
+CLI_CASES = [("wrong password", CLIS[0]), ("wrong password", CLIS[4]),
+             ("wrong password", CLIS[5]), ("unreachable", CLIS[3]), ("no password", CLIS[1]),
+             ("unknown role", CLIS[2]), ("no such database", CLIS[0]), ("bad URL", CLIS[6])]
+#: the same through the ledger process
+LEDGER_CASES = ["unreachable", "wrong password", "no such database", "bad URL"]
 
 
 @pytest.mark.parametrize(("name", "command"), CLI_CASES,
@@ -159,17 +163,20 @@ def test_a_database_without_the_schema_is_not_initialised_until_init_db(
         empty_db: PgUrl, sandbox: Path) -> None:
     url = store_url(empty_db)
     assert store_exists(pg_locator(url)) is False
-    for command in (CLIS[1], CLIS[4]):  # list-plans, verify_chain
-        run = cli(sandbox, *command[:1], "--db", url, *command[1:], rc=3)
-        assert run.out["error"]["code"] == "DB_NOT_INITIALISED", command
-        assert "bin/init_db --db postgresql://" in run.out["error"]["message"]
+    run = cli(sandbox, "os-verify-chain", "--db", url, rc=3)
+    assert run.out["error"]["code"] == "DB_NOT_INITIALISED"
+    assert "bin/init_db --db postgresql://" in run.out["error"]["message"]
+    with pytest.raises(StorageError) as refused:
+        open_store(url)
+    assert refused.value.code == "DB_NOT_INITIALISED"
     with psycopg.connect(url) as conn:  # nothing was created by trying
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
                             ).fetchone() == (0,)
     made = cli(sandbox, "os-init-db", "--db", url).out
     assert (made["created"], made["schema_version"], made["events"]) == (True, "1", 0)
-    assert cli(sandbox, "os-init-db", "--db", url).out["created"] is False
-    assert cli(sandbox, "os-l3-plan", "--db", url, "list-plans").out == {"plans": []}
+    assert initialise_store(url).created is False
+    with open_store(url, readonly=True) as store:
+        assert store.list_plans() == []
 
 
 def test_a_schema_of_another_version_is_refused_and_left_alone(
@@ -177,11 +184,12 @@ def test_a_schema_of_another_version_is_refused_and_left_alone(
     url = store_url(pg_db)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    for command in (CLIS[0], CLIS[2]):  # init_db, apply-scenario
-        run = cli(sandbox, *command[:1], "--db", url, *command[1:], rc=3)
-        error = run.out["error"]
-        assert error["code"] == "DB_SCHEMA_VERSION", command
-        assert error["details"] == {"found": "2", "expected": "1"}
+    error = cli(sandbox, "os-init-db", "--db", url, rc=3).out["error"]
+    assert error["code"] == "DB_SCHEMA_VERSION"
+    assert error["details"] == {"found": "2", "expected": "1"}
+    with pytest.raises(StorageError) as refused:
+        open_store(url, readonly=True)
+    assert refused.value.code == "DB_SCHEMA_VERSION"
     rc, ready, _ = ledger_refused(sandbox, url)
     assert (rc, ready["error"]["code"]) == (3, "DB_SCHEMA_VERSION")
     with psycopg.connect(url) as conn:
@@ -189,7 +197,7 @@ def test_a_schema_of_another_version_is_refused_and_left_alone(
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
 
 
-@pytest.mark.parametrize("name", list(BAD_URLS))
+@pytest.mark.parametrize("name", LEDGER_CASES)
 def test_the_ledger_refuses_what_it_cannot_use_with_the_code_in_its_ready_line(
         pg_server: PgServer, pg_db: PgUrl, sandbox: Path, monkeypatch: pytest.MonkeyPatch,
         name: str) -> None:
@@ -204,7 +212,8 @@ def test_the_ledger_refuses_what_it_cannot_use_with_the_code_in_its_ready_line(
 # --- passwords ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", CLIS, ids=[" ".join(c[:2]) for c in CLIS])
+@pytest.mark.parametrize("command", [CLIS[0], CLIS[2], CLIS[5], CLIS[6]],
+                         ids=["init_db", "apply-scenario", "healthcheck", "truth_sync"])
 def test_a_password_in_the_url_is_never_printed_by_a_cli(
         pg_server: PgServer, pg_db: PgUrl, sandbox: Path, monkeypatch: pytest.MonkeyPatch,
         command: tuple[str, ...]) -> None:
@@ -422,9 +431,8 @@ def test_a_standby_is_read_but_never_written(pg_clusters: ClusterFactory,
     assert (rc, ready["error"]["code"]) == (3, "DB_READ_ONLY")
     run = cli(sandbox, "os-l3-plan", "--db", url, "apply-scenario", FLOW, rc=3)
     assert run.out["error"]["code"] == "DB_READ_ONLY"
-    assert [p["plan_id"] for p in cli(sandbox, "os-l3-plan", "--db", url,
-                                      "list-plans").out["plans"]] == ["P-1"]
-    assert cli(sandbox, "os-verify-chain", "--db", url).out["chain_status"] == "OK"
+    verified = cli(sandbox, "os-verify-chain", "--db", url).out
+    assert (verified["chain_status"], verified["events"]) == ("OK", 1)
 
 
 # --- damage ---------------------------------------------------------------------------------
