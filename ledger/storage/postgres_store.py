@@ -68,8 +68,16 @@ from ledger.storage.base import (
 )
 from ledger.storage.postgres import SCHEMA_VERSION, PostgresBackend, scrubber
 from ledger.storage.rows import Event, Item, Link, Plan
+from ledger.storage.sql import COMMAND_COLS as _COMMAND_COLS
+from ledger.storage.sql import EVENT_COLS as _EVENT_COLS
+from ledger.storage.sql import HEAD_SQL as _HEAD_SQL
+from ledger.storage.sql import ITEM_COLS as _ITEM_COLS
+from ledger.storage.sql import LINK_COLS as _LINK_COLS
+from ledger.storage.sql import PLAN_COLS as _PLAN_COLS
+from ledger.storage.sql import SHORT_COLS as _SHORT_COLS
+from ledger.storage.sql import TABLE_SQL as _TABLE_SQL
 from schema.errors import CoordinatorError, ErrorCode, StorageError
-from schema.vocabulary import EVENT_COLUMNS, GENESIS_HASH, ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS
+from schema.vocabulary import GENESIS_HASH
 
 __all__ = ["Connection", "PgSnapshot", "PgStore", "connect", "initialise", "ledger_tables",
            "size_bytes", "storage_error"]
@@ -94,18 +102,6 @@ APPLICATION_NAME: Final = "l3-ledger"
 #: Event rows fetched at a time by a read snapshot and by iter_events.
 BATCH: Final = 2000
 
-_PLAN_COLS: Final = ", ".join(PLAN_COLUMNS)
-_ITEM_COLS: Final = ", ".join(ITEM_COLUMNS)
-_LINK_COLS: Final = ", ".join(LINK_COLUMNS)
-_EVENT_COLS: Final = ", ".join(EVENT_COLUMNS)
-_COMMAND_COLS: Final = "command_id, fingerprint, status, seq, outcome, ts"
-_SHORT_COLS: Final = "seq, hash, ts, event_type, payload"
-#: the orders of list_plans / list_items / list_links (Store.load_state); the columns
-#: are COLLATE "C", so these sort byte-wise, as SQLite does
-_TABLE_SQL: Final = (f"SELECT {_PLAN_COLS} FROM plans ORDER BY plan_id",
-                     f"SELECT {_ITEM_COLS} FROM plan_items ORDER BY plan_id, item_id",
-                     f"SELECT {_LINK_COLS} FROM plan_links ORDER BY link_id")
-_HEAD_SQL: Final = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
 _TABLES_SQL: Final = ("SELECT c.relname FROM pg_class c WHERE c.relkind IN ('r', 'p') "
                       "AND c.relnamespace = current_schema()::regnamespace "
                       "AND c.relname = ANY(%s)")

@@ -33,8 +33,15 @@ from ledger.storage.base import (
     damaged,
 )
 from ledger.storage.rows import Event, Item, Link, Plan
+from ledger.storage.sql import COMMAND_COLS as _COMMAND_COLS
+from ledger.storage.sql import EVENT_COLS as _EVENT_COLS
+from ledger.storage.sql import ITEM_COLS as _ITEM_COLS
+from ledger.storage.sql import LINK_COLS as _LINK_COLS
+from ledger.storage.sql import PLAN_COLS as _PLAN_COLS
+from ledger.storage.sql import SHORT_COLS as _SHORT_COLS
+from ledger.storage.sql import TABLE_SQL as _TABLE_SQL
 from schema.errors import ErrorCode, StorageError
-from schema.vocabulary import EVENT_COLUMNS, GENESIS_HASH, ITEM_COLUMNS, LINK_COLUMNS, PLAN_COLUMNS
+from schema.vocabulary import GENESIS_HASH
 
 __all__ = ["SCHEMA_VERSION", "Durability", "SqliteBackend", "SqliteStore", "file_locator",
            "initialise", "storage_error", "writer_pragmas"]
@@ -45,17 +52,6 @@ SCHEMA_FILES: Final = ("plan_schema.sql", "event_log_schema.sql")
 SCHEMA_VERSION: Final = "1"
 SCHEME: Final = "sqlite"
 
-_PLAN_COLS: Final = ", ".join(PLAN_COLUMNS)
-_ITEM_COLS: Final = ", ".join(ITEM_COLUMNS)
-_LINK_COLS: Final = ", ".join(LINK_COLUMNS)
-_EVENT_COLS: Final = ", ".join(EVENT_COLUMNS)
-_COMMAND_COLS: Final = "command_id, fingerprint, status, seq, outcome, ts"
-#: what the replay alone needs: ledger.log.replay.SHORT_COLUMNS, then the payload
-_SHORT_COLS: Final = "seq, hash, ts, event_type, payload"
-#: the orders of list_plans / list_items / list_links (Store.load_state)
-_TABLE_SQL: Final = (f"SELECT {_PLAN_COLS} FROM plans ORDER BY plan_id",
-                     f"SELECT {_ITEM_COLS} FROM plan_items ORDER BY plan_id, item_id",
-                     f"SELECT {_LINK_COLS} FROM plan_links ORDER BY link_id")
 #: Most parameters in one ``IN (...)`` list (SQLite allows 32766 since 3.32).
 _IN_CHUNK: Final = 500
 #: Event rows fetched at a time by a read snapshot.

@@ -497,15 +497,6 @@ class TestPostgresStore(StoreContract):
         yield s
         s.close()
 
-    def test_committed_data_survives_reopening(self, pg_db: PgUrl) -> None:
-        with open_pg_store(pg_db) as s:
-            self.seed(s)
-            state, head = s.load_state(), s.head()
-        with open_pg_store(pg_db, readonly=True) as s:
-            assert s.load_state() == state
-            assert s.head() == head
-            assert s.get_command("c-1") == record("c-1")
-
 
 class TestMemoryStore(StoreContract):
     reopenable = False
