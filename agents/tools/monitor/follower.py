@@ -171,6 +171,8 @@ class Follower:
         self.pub = pub
         #: signed checkpoints on the stream, checked against the events delivered
         self.checkpoints = CheckpointWatch(checkpoint_key)
+        #: the last checkpoint decided (OK or not), for a status display (the board)
+        self.last_checkpoint: CheckResult | None = None
         #: the seq after which delivery starts: ``from_seq``, or the head a live start
         #: learned from PING
         self.start_seq = from_seq
@@ -482,6 +484,7 @@ class Follower:
 
     def _checkpoint_results(self, results: list[CheckResult]) -> None:
         for result in results:
+            self.last_checkpoint = result
             if not result.ok:
                 self.stats.checkpoint_mismatches += 1
                 self._alert(CHECKPOINT_MISMATCH, f"signed checkpoint at seq {result.seq} "
