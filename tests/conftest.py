@@ -136,3 +136,21 @@ def module_zmq_ctx() -> Iterator[Context]:
     tracker = ZmqTracker()
     yield tracker.context()
     tracker.close()
+
+
+# --- tests this machine could not run -----------------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Tests skipped because something they need is missing here (their reason starts
+    with "not run:", e.g. the board's browser tests without chromium) are listed in a
+    loud section of their own: a run that could not test something says so."""
+    not_run = [r for r in terminalreporter.stats.get("skipped", [])
+               if "not run:" in str(getattr(r, "longrepr", ""))]
+    if not not_run:
+        return
+    terminalreporter.section(f"{len(not_run)} TEST(S) NOT RUN ON THIS MACHINE", sep="!",
+                             red=True, bold=True)
+    for report in not_run:
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
+        terminalreporter.line(f"NOT RUN {report.nodeid}: {reason}", red=True, bold=True)

@@ -126,6 +126,7 @@ class Board:
         """Apply a batch to the model and tell the subscribers (on the loop's thread)."""
         model = self.model
         health_changed = False
+        applied = False
         for up in batch.connection:
             model.set_connection(up, batch.at)
             health_changed = True
@@ -136,9 +137,10 @@ class Board:
                 continue
             change = model.apply_event(item, batch.at)
             if change is not None:
+                applied = True
                 self._broadcast("event", change)
         model.set_follow(batch.follow)
-        if health_changed:
+        if health_changed or applied:  # the header moves with the events, not a second later
             self._broadcast("status", model.status(self.clock()))
 
     # --- subscribers ------------------------------------------------------------------
