@@ -20,6 +20,7 @@ from schema.errors import CoordinatorError, ErrorCode
 from schema.scenario import load_scenario
 from tests.board.conftest import WAIT, Stream, start_board
 from tests.support.buses import BusFactory
+from tests.support.docs import read, section, tables
 from tests.support.helpers import SCENARIO_DIR
 
 FLOW = SCENARIO_DIR / "L3_PLAN_FLOW_001.json"
@@ -61,6 +62,17 @@ def test_the_stream_delivers_every_event_once_in_order(bus_factory: BusFactory,
     with AgentClient(bus.front, "probe") as probe:
         assert probe.ping()["head_seq"] == 7
         assert {e["actor"] for e in probe.replay(1)} == {"Liam", "Codex", "Mary"}
+
+
+def test_the_ready_line_is_as_documented(bus_factory: BusFactory) -> None:
+    """docs/OPERATIONS.md "Ready lines", section board: exactly the documented fields."""
+    rows = tables(section(section(read("OPERATIONS.md"), "Ready lines"), "board"))[0]
+    documented = {r["field"] for r in rows}
+    assert {r["present"] for r in rows} == {"always"}
+    ready = start_board(bus_factory, None).ready
+    assert set(ready) == documented
+    assert ready["url"] == f"http://127.0.0.1:{ready['port']}/" and ready["port"] > 0
+    assert (ready["ok"], ready["ready"], ready["role"]) == (True, True, "board")
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

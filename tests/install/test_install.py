@@ -133,6 +133,8 @@ def test_package_data_and_py_typed_ship(installed: Installed) -> None:
         assert f"schema/{name}" in files
     for package in PACKAGES:
         assert f"{package}/py.typed" in files
+    for name in ("index.html", "board.js", "board.css"):  # the board's page
+        assert f"agents/tools/board/static/{name}" in files
     published = json.loads((installed.site / "schema" / "scenario.schema.json").read_text())
     assert published == json.loads((ROOT / "schema" / "scenario.schema.json").read_text())
 
