@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx2
@@ -16,6 +17,7 @@ from agents.tools.board.cli import bind_policy
 from agents.tools.launch import Bus
 from agents.tools.run_scenario import play
 from broker import keygen
+from ledger.log.checkpoints import load_or_create_key
 from schema.errors import CoordinatorError, ErrorCode
 from schema.scenario import load_scenario
 from tests.board.conftest import WAIT, Stream, start_board
@@ -62,6 +64,30 @@ def test_the_stream_delivers_every_event_once_in_order(bus_factory: BusFactory,
     with AgentClient(bus.front, "probe") as probe:
         assert probe.ping()["head_seq"] == 7
         assert {e["actor"] for e in probe.replay(1)} == {"Liam", "Codex", "Mary"}
+
+
+def test_signed_checkpoints_are_checked_and_shown(sandbox: Path,
+                                                  bus_factory: BusFactory) -> None:
+    load_or_create_key(sandbox / "keys" / "ledger.pem")  # writes keys/ledger.pub beside it
+    bus = bus_factory.start(ready=True, ledger_args=[
+        "--checkpoint-key", "keys/ledger.pem", "--checkpoint-dir", "data/checkpoints",
+        "--checkpoint-every", "0.2"])
+    board = start_board(bus_factory, bus, "--checkpoint-key", "keys/ledger.pub")
+    stream = Stream(board.ready["url"])
+    try:
+        play(load_scenario(FLOW), bus.front)
+        deadline = time.monotonic() + WAIT
+        while True:  # status messages until the board has decided the checkpoint of seq 7
+            kind, data = stream.next()
+            checkpoint = data["checkpoint"] if kind == "status" else {"last": None}
+            last = checkpoint["last"]
+            if last is not None and last["seq"] == 7:
+                break
+            assert time.monotonic() < deadline, checkpoint
+    finally:
+        stream.close()
+    assert last["verdict"] == "OK" and checkpoint["signature_checked"]
+    assert checkpoint["stats"]["mismatches"] == 0 and checkpoint["stats"]["ok"] >= 1
 
 
 def test_the_ready_line_is_as_documented(bus_factory: BusFactory) -> None:
