@@ -153,6 +153,17 @@ def test_beyond_loopback_with_curve_needs_the_token(sandbox: Path,
         assert http.get("/api/status", headers=headers).status_code == 200
 
 
+def test_a_bad_curve_key_is_a_failure_line(sandbox: Path) -> None:
+    keygen.make_key_pair("broker")
+    bad = sandbox / "keys" / "board.key_secret"
+    bad.write_text("not a certificate\n")
+    bad.chmod(0o600)
+    done = run_cli("--curve-secret", "keys/board.key_secret", "--server-key",
+                   "keys/broker.key", "--port", "0", cwd=sandbox)
+    assert done.returncode == 2, done.stderr
+    assert json.loads(done.stdout)["error"]["code"] == "KEY_INVALID"
+
+
 def test_a_given_token_is_required_on_loopback_too(bus_factory: BusFactory) -> None:
     board = start_board(bus_factory, None, "--token", "let-me-in")
     assert board.ready["token_required"] and board.ready["token"] is None  # not echoed

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.tools.board.model import (
+    FOLLOWER_FAILED,
     RESUMED_BANNER_FOR,
     BoardModel,
     FollowState,
@@ -207,6 +208,15 @@ def test_a_broker_restart_is_announced_then_fades() -> None:
     assert [n["kind"] for n in status["notices"]] == ["BROKER_CONNECTION_LOST",
                                                       "BROKER_RECONNECTED"]
     assert model.status(NOW + 3 + RESUMED_BANNER_FOR)["banner"] is None
+
+
+def test_a_dead_follower_is_the_first_thing_said() -> None:
+    model = BoardModel()
+    model.apply_alert({"alert": CHAIN_BROKEN, "message": "broken", "seq": 3}, NOW)
+    model.apply_alert({"alert": FOLLOWER_FAILED, "message": "KeyError('x')"}, NOW)
+    status = model.status(NOW)
+    assert status["banner"]["kind"] == FOLLOWER_FAILED and "KeyError" in status["banner"]["text"]
+    assert status["notices"][-1]["level"] == "error"
 
 
 def test_a_silent_broker_and_a_ledger_down_show() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from agents.tools.board.model import FEED_SIZE, BoardModel
 from agents.tools.board.service import PING_EVERY, VERIFY_EVERY
 from agents.tools.monitor.follower import DEFAULT_DEAD_AFTER, DEFAULT_REQUEST_TIMEOUT
-from broker.security import add_client_args, client_paths, identity_of
+from broker.security import ClientKeys, add_client_args, client_paths, identity_of
 from ledger.log.checkpoints import load_public_key
 from ledger.runtime.sandbox import resolve_key
 from ledger.runtime.service import (
@@ -127,6 +127,7 @@ def run_board(argv: list[str] | None = None) -> int:
             raise CoordinatorError(ErrorCode.USAGE_ERROR, "--port must be 0..65535",
                                    field="port")
         curve = client_paths(args, "board")
+        ClientKeys.maybe(curve.get("curve_secret"), curve.get("server_key"))  # KEY_INVALID
         token, generated = bind_policy(args.host, args.port, curve=bool(curve),
                                        token=args.token)
         checkpoint_key = (load_public_key(resolve_key(args.checkpoint_key, must_exist=True))

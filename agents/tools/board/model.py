@@ -54,6 +54,8 @@ RATE_WINDOW: Final = 60
 NOTICES: Final = 20
 #: How long the page's banner keeps saying that the broker came back (s).
 RESUMED_BANNER_FOR: Final = 120.0
+#: The alert the board raises itself when its follower thread died.
+FOLLOWER_FAILED: Final = "BOARD_FOLLOWER_FAILED"
 #: Item states, in the board's column order (schema.vocabulary's item states).
 COLUMNS: Final = ("TODO", "IN_PROGRESS", "BLOCKED", "DONE")
 
@@ -129,6 +131,7 @@ class BoardModel:
         self.chain_breaks: list[dict[str, Any]] = []
         self.checkpoint_mismatches: list[dict[str, Any]] = []
         self.state_errors: list[dict[str, Any]] = []
+        self.follower_failed: str | None = None
         self.connected: bool | None = None
         self.connection_lost_at: float | None = None
         self.lost_after_seq: int | None = None
@@ -225,10 +228,11 @@ class BoardModel:
         elif kind == CHECKPOINT_MISMATCH:
             self.checkpoint_mismatches.append(record)
             del self.checkpoint_mismatches[:-NOTICES]
-        if kind in (CHAIN_BROKEN, CHECKPOINT_MISMATCH, BROKER_SILENT, BROKER_RESUMED,
-                    LEDGER_DOWN, LEDGER_UP):
-            level = "error" if kind in (CHAIN_BROKEN, CHECKPOINT_MISMATCH) else "warning"
-            self._notice(str(kind), str(alert.get("message")), now, level)
+        elif kind == FOLLOWER_FAILED:
+            self.follower_failed = str(alert.get("message"))
+        quiet = kind in (BROKER_SILENT, BROKER_RESUMED, LEDGER_DOWN, LEDGER_UP)
+        self._notice(str(kind), str(alert.get("message")), now,
+                     "warning" if quiet else "error")
 
     def set_follow(self, follow: FollowState) -> None:
         self.follow = follow
@@ -323,6 +327,10 @@ class BoardModel:
     def banner(self, now: float) -> dict[str, Any] | None:
         """The one message the page must show above everything, if any: a broken chain
         or checkpoint, a broker gone, a broker that came back (for a while)."""
+        if self.follower_failed is not None:
+            return {"level": "error", "kind": FOLLOWER_FAILED,
+                    "text": f"The board stopped following the bus (restart it): "
+                            f"{self.follower_failed}"}
         if self.chain_breaks:
             b = self.chain_breaks[0]
             return {"level": "error", "kind": "CHAIN_BROKEN",

@@ -26,7 +26,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agents.client.aio import AsyncAgentClient
-from agents.tools.board.model import BoardModel
+from agents.tools.board.model import FOLLOWER_FAILED, BoardModel
 from agents.tools.board.pump import Batch, BoardPump
 from agents.tools.monitor.follower import DEFAULT_DEAD_AFTER, DEFAULT_REQUEST_TIMEOUT
 from agents.tools.monitor.output import summarise
@@ -190,7 +190,7 @@ class Board:
             await asyncio.sleep(self.status_every)  # the clock moves the chart and ages
             if self.pump.error is not None and not self._pump_error_seen:
                 self._pump_error_seen = True
-                self.model.apply_alert({"alert": "BOARD_FOLLOWER_FAILED",
+                self.model.apply_alert({"alert": FOLLOWER_FAILED,
                                         "message": f"the board's follower stopped: "
                                                    f"{self.pump.error!r}"}, self.clock())
             self._broadcast("status", self.model.status(self.clock()))
