@@ -62,6 +62,9 @@ class ErrorCode(StrEnum):
     #: database, or its chain tail is broken: the ledger refuses to start on it
     DB_DAMAGED = "DB_DAMAGED"
     DB_ROLLED_BACK = "DB_ROLLED_BACK"
+    #: another process holds the database's writer lock (one writer per database);
+    #: ``details.holder`` names it: pid, host, since when, role
+    DB_LOCKED = "DB_LOCKED"
     CHAIN_BROKEN = "CHAIN_BROKEN"
     #: a signed checkpoint file that cannot be read (bad JSON, fields, format)
     CHECKPOINT_INVALID = "CHECKPOINT_INVALID"

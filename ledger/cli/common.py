@@ -46,9 +46,11 @@ def add_db_arg(p: argparse.ArgumentParser) -> None:
                    "environment and password file work; a password is never printed)")
 
 
-def open_store(db: str | None, *, readonly: bool = False) -> Store:
-    """The store ``--db`` names (:func:`ledger.storage.factory.open_store`)."""
-    return factory.open_store(db, readonly=readonly)
+def open_store(db: str | None, *, readonly: bool = False, role: str | None = None) -> Store:
+    """The store ``--db`` names (:func:`ledger.storage.factory.open_store`); unless
+    ``readonly``, with its writer lease, taken as ``role`` (DB_LOCKED, exit status 3,
+    while another process writes it)."""
+    return factory.open_store(db, readonly=readonly, role=role)
 
 
 def emit(obj: dict[str, Any]) -> None:

@@ -10,10 +10,11 @@ from ledger.storage.factory import initialise_store
 
 def _main(argv: list[str]) -> int:
     p = parser("init_db", "Create the ledger database and its schema. Safe to run again: an "
-               "existing database keeps its data.")
+               "existing database keeps its data. Refused (DB_LOCKED, exit status 3) "
+               "while another process writes it.")
     add_db_arg(p)
     args = p.parse_args(argv)
-    done = initialise_store(args.db)
+    done = initialise_store(args.db, role="init_db")
     with open_store(args.db, readonly=True) as store:
         seq, head = store.head()
     emit({"ok": True, "db": done.locator.describe(), "created": done.created,

@@ -17,7 +17,9 @@ EPILOG = """examples:
   bin/os_l3_plan show-plan --plan-id P-L3-DEMO-001
   bin/os_l3_plan list-items --plan-id P-L3-DEMO-001
 
-apply-scenario exits 1 when a step's outcome differs from its "expect"."""
+apply-scenario exits 1 when a step's outcome differs from its "expect", and 3 (DB_LOCKED,
+naming the holder) while another process writes the database (a running bin/ledger:
+send the steps through the bus instead, e.g. bin/run_scenario)."""
 
 
 def _main(argv: list[str]) -> int:
@@ -35,7 +37,7 @@ def _main(argv: list[str]) -> int:
 
     if args.command == "apply-scenario":
         scenario = load_scenario(resolve_scenario(args.path))  # validate before opening
-        with open_store(args.db) as store:
+        with open_store(args.db, role="os_l3_plan apply-scenario") as store:
             report = apply_scenario(Ledger(store), scenario)
         emit(report)
         return 0 if report["ok"] else EXIT_FAILED_CHECK

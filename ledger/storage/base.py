@@ -13,10 +13,19 @@ tests/ledger/test_store_contract.py runs one contract against each.
 
 Driver errors never leave a backend raw: each backend translates them into
 :class:`schema.errors.StorageError` in one function of its own.
+
+One writer per store: :meth:`Backend.acquire_writer` takes the store's
+:class:`WriterLease`, an operating-system lock that dies with its process (SQLite: an
+``flock`` on ``<db>.lock`` beside the file). The factory takes it, in one place, for
+every store it opens for writing, and the store releases it when it closes; read-only
+opens never take it. A second writer is refused with DB_LOCKED naming the holder.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -24,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ledger.storage.rows import Event, Item, Link, Plan, State
+from schema.clock import utc_now
 from schema.errors import ErrorCode, StorageError
 
 #: How hard a commit is made durable: ``full`` survives a power loss, ``normal`` a
@@ -69,6 +79,65 @@ def damaged(name: str, what: str, **details: Any) -> StorageError:
     return StorageError(ErrorCode.DB_DAMAGED,
                         f"{name}: {what}; the ledger will not serve it "
                         f"({DAMAGE_HINT.format(db=name)})", details=details)
+
+
+class StoreLost(StorageError):
+    """The store this process writes is no longer the one its locator names (SQLite: the
+    file was unlinked, replaced by a rename, or its folder moved; or the writer lock file
+    was): whatever it commits now reaches nobody. Code DB_ERROR; the store refuses every
+    later transaction, and its owner stops acknowledging (docs/DURABILITY.md)."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(ErrorCode.DB_ERROR, message, details={"reason": "store_lost",
+                                                               **details})
+
+
+def writer_holder(role: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Who takes a writer lease: this process's ``pid``, ``host``, the time it ``started``
+    writing (UTC, ISO 8601) and its ``role`` (default: the program's name); ``extra``
+    fields (e.g. ``supervisor``: the pid of a process whose death takes this one down,
+    see :meth:`WriterLease`) are kept as given. JSON-serialisable."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(),
+            "role": role or os.path.basename(sys.argv[0] or "python"), **extra}
+
+
+def locked(name: str, holder: dict[str, Any] | None) -> StorageError:
+    """StorageError(DB_LOCKED) for store ``name``, naming the writer that holds it."""
+    if holder:
+        who = (f"{holder.get('role', '?')} (pid {holder.get('pid', '?')} on "
+               f"{holder.get('host', '?')}, writing since {holder.get('started', '?')})")
+    else:
+        who = "another process (it has not said who yet)"
+    return StorageError(ErrorCode.DB_LOCKED,
+                        f"{name} is being written by {who}; one writer per database: stop "
+                        "that one first (read-only commands keep working meanwhile)",
+                        details={"holder": holder})
+
+
+class WriterLease(ABC):
+    """The right to write one store, held by at most one process at a time: an operating-
+    system lock that is released when its process dies however it dies (so never stale
+    after SIGKILL, unlike a pid file or a row). ``holder`` is :func:`writer_holder`'s
+    dict. Released by :meth:`release` (idempotent), or by the store it was given to
+    (:meth:`Store.hold_lease`) when that store closes."""
+
+    holder: dict[str, Any]
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`StoreLost` if the lease no longer guards the store (SQLite: its
+        lock file was removed or replaced, so another process could lock a new one; a
+        server-side lock: the session holding it is gone). Cheap: the owner calls it
+        before acknowledging each commit."""
+
+    @abstractmethod
+    def release(self) -> None: ...
+
+    def __enter__(self) -> WriterLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +346,18 @@ class Inspection(ABC):
 
 
 class Store(StateReader):
-    """A ledger database. Reads outside a transaction see the last committed state."""
+    """A ledger database. Reads outside a transaction see the last committed state.
+
+    A store opened for writing by the factory holds the store's :class:`WriterLease`
+    (:attr:`writer` says who holds it) and releases it in :meth:`close`, after the
+    backend's own :meth:`close_store`. A writer store confirms after each COMMIT that it
+    still writes the store its locator names, and raises :class:`StoreLost` if not."""
+
+    _lease: WriterLease | None = None
+    #: what :meth:`close` did to leave a writer store self-contained, for the owner's
+    #: log (SQLite: the final WAL checkpoint, ``{"complete": bool, ...}``); None before
+    #: the close, for read-only stores, and for backends with nothing to do
+    close_report: dict[str, Any] | None = None
 
     @property
     @abstractmethod
@@ -352,8 +432,34 @@ class Store(StateReader):
     def count_by(self, column: str) -> dict[str, int]:
         """Number of events per value of one column (event_type, actor, session_id)."""
 
+    def hold_lease(self, lease: WriterLease) -> None:
+        """Keep ``lease`` until :meth:`close` (the factory's writer-open path)."""
+        self._lease = lease
+
+    @property
+    def writer(self) -> dict[str, Any] | None:
+        """The holder of the writer lease this store holds (None: it holds none)."""
+        return self._lease.holder if self._lease is not None else None
+
+    def check_lease(self) -> None:
+        """Raise :class:`StoreLost` if this store's writer lease no longer guards it."""
+        if self._lease is not None:
+            self._lease.check()
+
+    def close(self) -> None:
+        """Close the store (a writer store leaves it self-contained: SQLite checkpoints
+        the WAL into the file, so a copy of the file alone is complete), then release
+        its writer lease."""
+        try:
+            self.close_store()
+        finally:
+            if self._lease is not None:
+                self._lease.release()
+                self._lease = None
+
     @abstractmethod
-    def close(self) -> None: ...
+    def close_store(self) -> None:
+        """The backend's part of :meth:`close` (connections, files)."""
 
     def load_state(self) -> State:
         state = State()
@@ -399,6 +505,13 @@ class Backend(ABC):
     @abstractmethod
     def exists(self, locator: Locator) -> bool:
         """Whether anything is there yet (a damaged store exists)."""
+
+    @abstractmethod
+    def acquire_writer(self, locator: Locator, holder: dict[str, Any]) -> WriterLease:
+        """Take the store's writer lease for ``holder`` (:func:`writer_holder`), without
+        waiting for a live holder. Raises StorageError(DB_LOCKED) with the current
+        holder in ``details.holder`` (:func:`locked`) if another writer has it. Only
+        :func:`ledger.storage.factory.open_store` and ``initialise_store`` call this."""
 
     def size_bytes(self, locator: Locator) -> int | None:
         """About how big the store is, if the backend can say cheaply (None: it cannot)."""

@@ -12,16 +12,29 @@ Backends by scheme: a path is SQLite (:mod:`ledger.storage.sqlite`); a ``postgre
 or ``postgres://`` URL is PostgreSQL (:mod:`ledger.storage.postgres`, given to libpq as
 typed); ``memory`` locators belong to in-memory stores, which cannot be opened again. A
 URL of any other scheme is refused with DB_UNSUPPORTED. Refusals change nothing.
+
+One writer per store: every open for writing (:func:`open_store` without ``readonly``,
+:func:`initialise_store`) takes the store's writer lease first, in one place,
+:func:`_writer_lease`; a store held by another writer is refused with DB_LOCKED naming
+the holder. Read-only opens and inspections never take it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from ledger.runtime.sandbox import resolve_db, sandbox_root
-from ledger.storage.base import Backend, Durability, Inspection, Locator, Store
+from ledger.storage.base import (
+    Backend,
+    Durability,
+    Inspection,
+    Locator,
+    Store,
+    WriterLease,
+    writer_holder,
+)
 from ledger.storage.memory import MemoryBackend
 from ledger.storage.postgres import PostgresBackend, is_postgres_url, pg_locator
 from ledger.storage.sqlite import SqliteBackend, file_locator
@@ -68,22 +81,45 @@ def backend_for(locator: Locator) -> Backend:
     return backend
 
 
+def _writer_lease(backend: Backend, locator: Locator, role: str | None,
+                  holder: dict[str, Any] | None) -> WriterLease:
+    """THE place a writer takes its store's lease (one writer per database)."""
+    return backend.acquire_writer(locator, holder or writer_holder(role))
+
+
 def open_store(where: str | Locator | None, *, readonly: bool = False, create: bool = False,
-               durability: Durability = "full", manual_maintenance: bool = False) -> Store:
+               durability: Durability = "full", manual_maintenance: bool = False,
+               role: str | None = None, holder: dict[str, Any] | None = None) -> Store:
     """Open the store ``where`` names: what the user typed (see :func:`locate`) or a
     locator.
 
-    ``readonly``: reads only (SQLite: ``mode=ro`` connections). ``create``: create the
-    store and its schema first if missing (otherwise a missing one is DB_NOT_INITIALISED).
-    ``durability``: see :data:`ledger.storage.base.Durability`. ``manual_maintenance``:
-    the owner calls :meth:`Store.maintenance` itself (SQLite: no WAL checkpoint inside
-    a COMMIT). Raises what :func:`locate` raises, and StorageError."""
+    ``readonly``: reads only (SQLite: ``mode=ro`` connections), no writer lease.
+    Otherwise the store's writer lease is taken first (StorageError DB_LOCKED, naming
+    the holder, if another process writes it) and released when the store closes;
+    ``role`` says who writes (``ledger``, ``apply-scenario``; default the program's
+    name), or ``holder`` gives the whole :func:`ledger.storage.base.writer_holder` dict.
+    ``create``: create the store and its schema first if missing (otherwise a missing
+    one is DB_NOT_INITIALISED). ``durability``: see
+    :data:`ledger.storage.base.Durability`. ``manual_maintenance``: the owner calls
+    :meth:`Store.maintenance` itself (SQLite: no WAL checkpoint inside a COMMIT).
+    Raises what :func:`locate` raises, and StorageError."""
     locator = _locator(where)
     backend = backend_for(locator)
-    if create:
-        backend.initialise(locator)
-    return backend.open(locator, readonly=readonly, durability=durability,
-                        manual_maintenance=manual_maintenance)
+    if readonly or not (create or backend.exists(locator)):
+        # reads, or nothing there to write (DB_NOT_INITIALISED): no lease
+        return backend.open(locator, readonly=readonly, durability=durability,
+                            manual_maintenance=manual_maintenance)
+    lease = _writer_lease(backend, locator, role, holder)
+    try:
+        if create:
+            backend.initialise(locator)
+        store = backend.open(locator, readonly=False, durability=durability,
+                             manual_maintenance=manual_maintenance)
+    except BaseException:
+        lease.release()
+        raise
+    store.hold_lease(lease)
+    return store
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +131,14 @@ class Initialised:
     schema_version: str
 
 
-def initialise_store(where: str | Locator | None) -> Initialised:
+def initialise_store(where: str | Locator | None, *, role: str | None = None) -> Initialised:
     """Create the store and its schema, or add what is missing (idempotent: data is
-    kept)."""
+    kept), holding the writer lease meanwhile (DB_LOCKED if another process writes)."""
     locator = _locator(where)
     backend = backend_for(locator)
-    return Initialised(locator, backend.initialise(locator), backend.schema_version)
+    with _writer_lease(backend, locator, role, None):
+        created = backend.initialise(locator)
+    return Initialised(locator, created, backend.schema_version)
 
 
 def inspect_store(where: str | Locator | None) -> Inspection:

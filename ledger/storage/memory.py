@@ -25,6 +25,7 @@ from ledger.storage.base import (
     ReadSnapshot,
     Store,
     Transaction,
+    WriterLease,
 )
 from ledger.storage.rows import Event, Item, Link, Plan, State, event_row
 from schema.errors import CoordinatorError, ErrorCode, StorageError
@@ -253,7 +254,7 @@ class MemoryStore(Store):
             counts[key] = counts.get(key, 0) + 1
         return dict(sorted(counts.items()))
 
-    def close(self) -> None:
+    def close_store(self) -> None:
         pass
 
 
@@ -279,6 +280,10 @@ class MemoryBackend(Backend):
 
     def exists(self, locator: Locator) -> bool:
         return False
+
+    def acquire_writer(self, locator: Locator, holder: dict[str, Any]) -> WriterLease:
+        # an in-memory store has one writer by construction: the process that made it
+        raise self._refuse(locator)
 
     def inspect(self, locator: Locator) -> Inspection:
         raise self._refuse(locator)

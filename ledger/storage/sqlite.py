@@ -6,10 +6,20 @@ commits may be lost on power loss). Every sqlite3 error becomes a StorageError i
 place, :func:`storage_error`. The integrity checks (``PRAGMA quick_check`` and
 ``integrity_check``, reading a damaged file) are in :mod:`ledger.storage.sqlite_integrity`.
 This module and that one are the only importers of ``sqlite3``.
+
+One writer per file: the factory takes a :class:`ledger.storage.file_lease.FileLease`
+(``flock`` on ``<db>.lock``) before it opens a store for writing. A writer store checks
+after each COMMIT that the file it writes, and its ``-wal``, are still the ones at its
+path (:meth:`SqliteStore._confirm_in_place`), and raises StoreLost if not. Its
+:meth:`SqliteStore.close_store` checkpoints the whole WAL into the file and truncates it
+(``PRAGMA wal_checkpoint(TRUNCATE)``), so that after a clean stop the file alone holds
+everything committed.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -29,9 +39,12 @@ from ledger.storage.base import (
     Locator,
     ReadSnapshot,
     Store,
+    StoreLost,
     Transaction,
+    WriterLease,
     damaged,
 )
+from ledger.storage.file_lease import FileLease, lock_path
 from ledger.storage.rows import Event, Item, Link, Plan
 from ledger.storage.sql import COMMAND_COLS as _COMMAND_COLS
 from ledger.storage.sql import EVENT_COLS as _EVENT_COLS
@@ -60,6 +73,8 @@ BATCH: Final = 500
 #: or unreadable for lack of permission).
 DAMAGE_ERRORS: Final = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR_SHORT_READ",
                         "SQLITE_FORMAT")
+
+log = logging.getLogger("ledger.storage")
 
 
 def is_damage(exc: sqlite3.Error) -> bool:
@@ -118,6 +133,11 @@ def writer_pragmas(durability: Durability, *, manual_checkpoints: bool = False
     return ("PRAGMA journal_mode=WAL", f"PRAGMA synchronous={durability.upper()}",
             "PRAGMA foreign_keys=ON",
             *(("PRAGMA wal_autocheckpoint=0",) if manual_checkpoints else ()))
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def initialise(path: Path) -> bool:
@@ -378,6 +398,12 @@ class SqliteStore(_Reads, Store):
         self.durability = durability
         self.manual_checkpoints = manual_checkpoints
         self._writer: sqlite3.Connection | None = None
+        #: set once the file written is no longer the one at the path: no more writes
+        self._lost: StoreLost | None = None
+        #: (st_dev, st_ino) of the file, and of its -wal once the writer has committed
+        self._file_id: tuple[int, int] | None = None
+        self._wal_id: tuple[int, int] | None = None
+        self._wal_mode = False
         if not self.path.exists():
             raise StorageError(ErrorCode.DB_NOT_INITIALISED,
                                f"no database at {self.path}; run bin/init_db first")
@@ -392,6 +418,8 @@ class SqliteStore(_Reads, Store):
             self._conn.close()
             raise StorageError(ErrorCode.DB_NOT_INITIALISED,
                                f"{self.path} has no ledger schema; run bin/init_db first")
+        if not readonly:
+            self._file_id = _file_id(self.path)
 
     @property
     def locator(self) -> Locator:
@@ -402,13 +430,57 @@ class SqliteStore(_Reads, Store):
         if not readonly:
             for pragma in writer_pragmas(self.durability,
                                          manual_checkpoints=self.manual_checkpoints):
-                conn.execute(pragma)
+                row = conn.execute(pragma).fetchone()
+                if pragma.startswith("PRAGMA journal_mode"):  # what SQLite could set
+                    self._wal_mode = row is not None and str(row[0]).lower() == "wal"
         return conn
+
+    @property
+    def _wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
+
+    def _lose(self, problem: str, **details: Any) -> StoreLost:
+        self._lost = StoreLost(
+            f"{self.locator.describe()}: {problem}; what this process commits now reaches "
+            "nobody, so it stops writing (the commits not acknowledged: retry them with "
+            "the same ids once a writer serves the database again)", **details)
+        return self._lost
+
+    def _confirm_in_place(self) -> None:
+        """Raise StoreLost unless the file at the path, and its -wal, are the ones the
+        writer connection has open, and the writer lease still guards them. Three
+        ``stat`` calls: cheap enough for every commit group."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            raise self._lose("the database file is gone from its path (removed, or its "
+                             "folder moved or removed)", what="unlinked") from None
+        if (st.st_dev, st.st_ino) != self._file_id:
+            raise self._lose("another file has taken the database's path (replaced by a "
+                             "rename or a copy)", what="replaced")
+        if self._wal_mode:
+            try:
+                wal = os.stat(self._wal_path)
+            except OSError:
+                raise self._lose("its -wal file is gone from beside it",
+                                 what="wal_unlinked") from None
+            wal_id = (wal.st_dev, wal.st_ino)
+            if self._wal_id is None:
+                self._wal_id = wal_id
+            elif wal_id != self._wal_id:
+                raise self._lose("its -wal file was replaced", what="wal_replaced")
+        try:
+            self.check_lease()
+        except StoreLost as exc:
+            self._lost = exc
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         if self.readonly:
             raise StorageError(ErrorCode.DB_ERROR, "database was opened read-only")
+        if self._lost is not None:
+            raise self._lost
         try:
             if self._writer is None:
                 self._writer = self._connect(readonly=False)
@@ -430,6 +502,7 @@ class SqliteStore(_Reads, Store):
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise storage_error(exc, "committing") from exc
+        self._confirm_in_place()  # before anyone is told it committed
 
     @contextmanager
     def read_snapshot(self) -> Iterator[ReadSnapshot]:
@@ -533,12 +606,39 @@ class SqliteStore(_Reads, Store):
         except sqlite3.Error as exc:
             raise storage_error(exc, "reading a command record") from exc
 
-    def close(self) -> None:
-        # the read-only connection first: the last one to close (the writer) can then
-        # checkpoint the WAL back into the database file
-        for conn in (self._conn, self._writer):
-            if conn is not None:
-                conn.close()
+    def _final_checkpoint(self) -> dict[str, Any]:
+        """``PRAGMA wal_checkpoint(TRUNCATE)``: every committed WAL frame copied into the
+        file (and fsynced), the WAL emptied; it waits (busy_timeout) for readers of older
+        snapshots. Returns ``{"wal_checkpoint": "TRUNCATE", "complete": bool,
+        "wal_pages", "checkpointed"}``; ``complete`` is whether the file alone now holds
+        every commit (all frames copied, even if a reader kept the WAL from being
+        emptied)."""
+        if self._writer is None:
+            self._writer = self._connect(readonly=False)
+        row = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        busy, pages, done = (int(v) for v in row)
+        return {"wal_checkpoint": "TRUNCATE", "complete": busy == 0 or pages == done >= 0,
+                "wal_pages": pages, "checkpointed": done}
+
+    def close_store(self) -> None:
+        """Close the connections; a writer store first checkpoints the whole WAL into the
+        file (:meth:`_final_checkpoint`), so that a copy of the file alone, taken after
+        this, holds every commit. Not a store whose file was lost (StoreLost): its
+        WAL is left alone."""
+        self._conn.close()
+        if not self.readonly and self._lost is None:
+            try:
+                self.close_report = self._final_checkpoint()
+            except sqlite3.Error as exc:
+                self.close_report = {"wal_checkpoint": "TRUNCATE", "complete": False,
+                                         "error": str(exc)}
+            if not self.close_report["complete"]:
+                log.warning("%s: the WAL could not be checkpointed into the file at close "
+                            "(%s); the file alone is not a complete copy until the next "
+                            "writer's close: copy it together with its -wal",
+                            self.locator.describe(), self.close_report)
+        if self._writer is not None:
+            self._writer.close()
         self._writer = None
 
 
@@ -559,6 +659,15 @@ class SqliteBackend(Backend):
 
     def exists(self, locator: Locator) -> bool:
         return Path(locator.address).exists()
+
+    def acquire_writer(self, locator: Locator, holder: dict[str, Any]) -> WriterLease:
+        path = Path(locator.address)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(ErrorCode.DB_ERROR, f"{locator.name}: cannot make its "
+                               f"folder: {exc.strerror}") from exc
+        return FileLease(lock_path(path), locator.describe(), holder)
 
     def size_bytes(self, locator: Locator) -> int | None:
         path = Path(locator.address)

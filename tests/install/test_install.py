@@ -155,7 +155,7 @@ def test_scripts_work_from_any_folder_and_write_only_there(installed: Installed,
     # everything the commands wrote is under the current folder ...
     assert files_under(here) - {"scenarios/L3_PLAN_FLOW_001.json"} <= {
         "data/os_sandbox.db", "data/os_sandbox.db-wal", "data/os_sandbox.db-shm",
-        "logs/truth/truth.json", "logs/truth/truth.md"}
+        "data/os_sandbox.db.lock", "logs/truth/truth.json", "logs/truth/truth.md"}
     assert (here / "data" / "os_sandbox.db").is_file()
     # ... and nothing under the install location (the finding: site-packages/data/)
     assert installed.files() == before
