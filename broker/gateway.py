@@ -175,6 +175,8 @@ class Broker:
         self.probed_head: tuple[int, str] = (0, "0" * 64)
         #: the ledger's start-up check as its last probe reply reported it
         self.ledger_check: dict[str, Any] | None = None
+        #: the holder of the ledger database's writer lock, as that reply named it
+        self.ledger_writer: dict[str, Any] | None = None
         self.stats = {"requests": 0, "forwarded": 0, "refused": 0, "events": 0}
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
@@ -304,7 +306,8 @@ class Broker:
                     "broker_up": True, "ledger_up": self.ledger_up, "head_seq": head_seq,
                     "head_hash": head_hash,
                     "inflight": self.inflight_requests + len(self._outbox),
-                    "ledger_startup_check": self.ledger_check}))
+                    "ledger_startup_check": self.ledger_check,
+                    "ledger_writer": self.ledger_writer}))
             case wire.CommandMsg():
                 # validate the command here, so malformed ones never reach the ledger
                 command = {**msg.command, "command_id": msg.id, "actor": msg.actor,
@@ -405,6 +408,7 @@ class Broker:
                 result = wire.decode(frames[1:]).result or {}
                 self.probed_head = (int(result["head_seq"]), str(result["head_hash"]))
                 self.ledger_check = result.get("startup_check")
+                self.ledger_writer = result.get("writer")
             return
         pending = self.inflight.pop(frames[0], None)
         if pending is None:

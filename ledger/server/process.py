@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 
 import zmq
 
@@ -29,8 +30,9 @@ from ledger.runtime.service import (
     setup_logging,
 )
 from ledger.server.serving import LedgerServer
+from ledger.server.supervisor import die_with_parent, supervise
 from ledger.storage.factory import locate
-from schema.endpoints import DEFAULT_LEDGER, DEFAULT_LEDGER_PUB
+from schema.endpoints import DEFAULT_LEDGER, DEFAULT_LEDGER_PUB, require_local_bind
 from schema.errors import CoordinatorError, ErrorCode, StorageError
 
 CHECKPOINT_KEY = checkpoints.DEFAULT_KEY
@@ -93,11 +95,20 @@ def main(argv: list[str] | None = None) -> None:
                    "{\"ok\": false, \"error\": ...} goes to stderr and the ledger exits "
                    "with status 3. full: the same page check before serving (start-up "
                    "time grows with the file). tail: no page check")
+    p.add_argument("--unsupervised", action="store_true",
+                   help="write in this process instead of a supervised child process "
+                   "(saves one hop per request; but a storage failure that SQLite meets "
+                   "as SIGBUS then kills bin/ledger without an answer: docs/DURABILITY.md)")
+    p.add_argument("--supervised-by", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--verbose", action="store_true")
     add_version_arg(p)
     args = p.parse_args(argv)
     setup_logging("ledger", args.verbose)
     stop = install_stop_signals()
+    if args.supervised_by is None and not args.unsupervised:
+        sys.exit(_supervise(args, sys.argv[1:] if argv is None else argv, stop))
+    if args.supervised_by is not None:
+        die_with_parent(args.supervised_by)
     try:
         db = locate(args.db)
         key, key_path, checkpoint_dir = None, None, None
@@ -110,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
                               checkpoint_key=key, checkpoint_dir=checkpoint_dir,
                               checkpoint_every=args.checkpoint_every,
                               startup_check=args.startup_check,
-                              accept_rollback=args.accept_rollback)
+                              accept_rollback=args.accept_rollback,
+                              supervisor=args.supervised_by)
     except (CoordinatorError, zmq.ZMQError) as exc:
         err = exc.to_dict() if isinstance(exc, CoordinatorError) else {
             "code": str(ErrorCode.BIND_FAILED), "message": str(exc)}
@@ -120,19 +132,36 @@ def main(argv: list[str] | None = None) -> None:
     announce({"ok": True, "ready": True, "role": "ledger",
               "db": db.describe(), "head_seq": server.head_seq,
               "endpoints": server.endpoints, "startup_check": server.startup_status(),
+              "writer": server.store.writer, "supervisor": None,
               **({"checkpoints": {
                   "dir": str(checkpoint_dir.relative_to(sandbox_root())),
                   "key": str(key_path.relative_to(sandbox_root())),
                   "key_id": server.checkpoints.key_id, "every": args.checkpoint_every}}
                  if server.checkpoints and checkpoint_dir and key_path else {})})
     server.serve(stop)
-    log.info("stopped at head seq %d after %s", server.head_seq, server.stats)
-    if server.refusal is not None:  # the background page check found damage
+    log.info("stopped at head seq %d after %s; closing the store: %s", server.head_seq,
+             server.stats, server.final_checkpoint)
+    if server.refusal is not None:  # damage found, or the database file was lost
         sys.stderr.write(json.dumps({"ok": False, "role": "ledger",
                                      "error": server.refusal.to_dict(),
                                      "startup_check": server.startup_status()}) + "\n")
         sys.stderr.flush()
         sys.exit(3)
+
+
+def _supervise(args: argparse.Namespace, argv: list[str], stop: threading.Event) -> int:
+    """bin/ledger as the supervisor of its writer process (ledger/server/supervisor.py):
+    what it can refuse itself (a bad path, a bind reachable from the network) it refuses
+    before starting anything; the writer gets the same command line."""
+    try:
+        locate(args.db)
+        for name, endpoint in (("bind", args.bind), ("pub", args.pub)):
+            require_local_bind(endpoint, name, why="the ledger (its sockets are for the "
+                               "broker alone)")
+    except CoordinatorError as exc:
+        announce({"ok": False, "error": exc.to_dict()})
+        return 3 if isinstance(exc, StorageError) else 2
+    return supervise(args.bind, args.pub, argv, stop)
 
 
 if __name__ == "__main__":

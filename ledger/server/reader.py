@@ -29,11 +29,11 @@ log = logging.getLogger("ledger")
 def answer_query(store: Store, msg: Any,
                  status: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run one read request (QUERY, REPLAY or PING) against the read-only store.
-    ``status``: what PING reports besides the head (the start-up check)."""
+    ``status``: what PING reports besides the head (``startup_check``, ``writer``)."""
     if isinstance(msg, wire.Ping):
         seq, head = store.head()
         return {"ledger_up": True, "head_seq": seq, "head_hash": head,
-                **({"startup_check": status()} if status is not None else {})}
+                **(status() if status is not None else {})}
     if isinstance(msg, wire.Replay):
         events = [e.to_row() for e in store.iter_events(msg.from_seq, msg.to_seq,
                                                         limit=msg.limit)]

@@ -40,7 +40,8 @@ from ledger.runtime.service import LINGER_MS
 from ledger.runtime.sockets import NOBLOCK, send_frames
 from ledger.server.reader import READER_ENDPOINT, serve_reads
 from ledger.server.startup import StartupChecks, refuse_rollback
-from ledger.storage.base import Durability, Locator, Store
+from ledger.server.supervisor import REFUSAL
+from ledger.storage.base import Durability, Locator, Store, StoreLost, writer_holder
 from ledger.storage.factory import open_store
 from ledger.storage.rows import Event
 from schema import internal, wire
@@ -107,21 +108,32 @@ class LedgerServer:
                  max_batch: int = 256, batch_window: float = 0.002,
                  checkpoint_key: Ed25519PrivateKey | None = None,
                  checkpoint_dir: Path | None = None, checkpoint_every: float = 10.0,
-                 startup_check: str = "background", accept_rollback: bool = False) -> None:
+                 startup_check: str = "background", accept_rollback: bool = False,
+                 supervisor: int | None = None) -> None:
+        """``supervisor``: the pid of the process that runs this one and whose death
+        takes it down (``bin/ledger``'s supervisor, :mod:`ledger.server.supervisor`); it
+        goes into the writer lease's holder, and ``bind`` and ``pub`` are then the
+        supervisor's internal endpoints, connected to rather than bound."""
         # its sockets are for the broker alone: loopback or ipc://, never the network
         for name, endpoint in (("bind", bind), ("pub", pub)):
             require_local_bind(endpoint, name, why="the ledger (its sockets are for the "
                                "broker alone)")
         self.locator = db
+        self.supervisor = supervisor
         self.heartbeat = heartbeat
         self.max_batch = max_batch
         self.batch_window = batch_window
         self.stats = {"batches": 0, "commands": 0}
         self.refusal: StorageError | None = None
+        #: what closing the store did (Store.close_report: the final WAL checkpoint)
+        self.final_checkpoint: dict[str, Any] | None = None
         # before anything writes to it: see ledger/server/startup.py
         self.startup = StartupChecks(db, startup_check, self._refuse_commands)
+        # the writer lease: DB_LOCKED, naming the holder, while another process writes
         self.store: Store = open_store(db, create=True, durability=durability,
-                                       manual_maintenance=True)
+                                       manual_maintenance=True,
+                                       holder=writer_holder("ledger", **(
+                                           {"supervisor": supervisor} if supervisor else {})))
         #: commits since the last WAL checkpoint (see _maybe_checkpoint)
         self.commits_since_checkpoint = 0
         self.ledger = Ledger(self.store)
@@ -142,13 +154,19 @@ class LedgerServer:
                                                 self._checked_snapshot,
                                                 every=checkpoint_every)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
+        # supervised (ledger/server/supervisor.py): PAIRs connected to the supervisor,
+        # which holds the ROUTER and the PUB and relays frames as they are
+        self.router = self.ctx.socket(zmq.PAIR if supervisor else zmq.ROUTER)
         self.router.linger = LINGER_MS
-        self.router.bind(bind)
-        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub = self.ctx.socket(zmq.PAIR if supervisor else zmq.PUB)
         self.pub.linger = LINGER_MS
         self.pub.sndhwm = PUB_HWM
-        self.pub.bind(pub)
+        if supervisor:
+            self.router.connect(bind)
+            self.pub.connect(pub)
+        else:
+            self.router.bind(bind)
+            self.pub.bind(pub)
         self.reader_pipe = self.ctx.socket(zmq.PAIR)
         self.reader_pipe.linger = 0
         self.reader_pipe.bind(READER_ENDPOINT)
@@ -166,6 +184,11 @@ class LedgerServer:
     def startup_status(self) -> dict[str, Any]:
         """The start-up check, for the ready line and PING (StartupChecks.status)."""
         return self.startup.status()
+
+    def ping_status(self) -> dict[str, Any]:
+        """What the ledger's PING answer adds to the head: the start-up check and the
+        holder of the writer lease (this process: pid, host, since when)."""
+        return {"startup_check": self.startup.status(), "writer": self.store.writer}
 
     def _refuse_commands(self, error: StorageError) -> None:
         """The background page check failed (on its thread): from now on every command
@@ -185,7 +208,7 @@ class LedgerServer:
         reader = threading.Thread(
             target=serve_reads, name="ledger-reader", daemon=True,
             args=(self.ctx, open_store(self.locator, readonly=True), reader_stop,
-                  self.startup_status))
+                  self.ping_status))
         reader.start()
         if self.checkpoints is not None:
             self.checkpoints.start()
@@ -213,6 +236,9 @@ class LedgerServer:
             self.startup.stop()  # the page check, interrupted if still running
             if self.refusal is not None:
                 self._refuse_waiting()
+                if self.supervisor:  # for what is still on its way: see supervisor.py
+                    self.router.send_multipart([REFUSAL, *wire.encode(
+                        wire.error_reply(None, self.refusal))])
             reader_stop.set()
             reader.join(timeout=2)
             if self.checkpoints is not None:  # the last one, at shutdown (not if damaged)
@@ -303,6 +329,8 @@ class LedgerServer:
         outcomes: list[CommandResult | CoordinatorError]
         try:
             outcomes = list(self.ledger.apply_many(commands))  # returns after COMMIT
+        except StoreLost as exc:  # committed to a file nobody will read: not acknowledged
+            outcomes = [exc] * len(commands)
         except CoordinatorError as exc:
             log.error("batch of %d failed (%s); applying one by one", len(commands), exc)
             outcomes = []
@@ -311,10 +339,10 @@ class LedgerServer:
                     outcomes.append(self.ledger.apply(command))
                 except CoordinatorError as one:  # storage failure: nothing committed
                     outcomes.append(one)
-        lost = [o for o in outcomes if isinstance(o, StorageError)
-                and o.code == ErrorCode.DB_CONNECTION_LOST]
+        lost = [o for o in outcomes if isinstance(o, StoreLost) or (
+            isinstance(o, StorageError) and o.code == ErrorCode.DB_CONNECTION_LOST)]
         if lost and self.refusal is None:  # the store writes no more: stop, exit 3
-            log.error("the database session is gone: %s", lost[0].message)
+            log.error("the store is lost: %s", lost[0].message)
             self.refusal = lost[0]
         self.stats["batches"] += 1
         self.stats["commands"] += len(commands)
@@ -353,5 +381,6 @@ class LedgerServer:
             sock.close()
         self.ctx.term()
         self.store.close()
+        self.final_checkpoint = self.store.close_report
         if self._snapshot_store is not None:
             self._snapshot_store.close()

@@ -1,0 +1,356 @@
+"""``bin/ledger``'s supervisor: the writer runs in a child process, and its death becomes
+error answers and an exit status, never a death of ``bin/ledger`` by a signal.
+
+Why: SQLite writes the WAL index (``-shm``) through a shared memory map, and a write to
+a mapped page the kernel refuses (the file made immutable, its file system gone) is
+delivered as SIGBUS, which kills the process (Python cannot catch it: the fault is in C,
+in the middle of SQLite). Avoiding the map (``locking_mode=EXCLUSIVE`` keeps the index in
+the heap) would lock every other process out of the database, readers included
+(``bin/verify_chain``, queries, the monitor's catch-up); so the writer runs where its
+death can be watched. docs/DURABILITY.md, "Storage failures".
+
+The supervisor (this module, the process ``bin/ledger`` starts as) binds the public
+endpoints (``--bind`` ROUTER, ``--pub`` PUB) and relays them over two PAIR sockets on
+``ipc://`` endpoints in a private temporary folder to the writer process (``python -m
+ledger.server ... --supervised-by PID``: :class:`ledger.server.serving.LedgerServer`,
+connected instead of bound). It relays frames without decoding them; it only remembers
+which requests the writer has not answered yet, by their route (broker identity,
+request key), to answer them itself if the writer dies:
+
+- the writer dies of SIGBUS: each waiting request gets DB_ERROR (``details``:
+  ``{"reason": "writer_died", "signal": "SIGBUS"}``); of another signal (SIGKILL by the
+  OOM killer, ...): LEDGER_UNAVAILABLE; then one JSON line ``{"ok": false, "role":
+  "ledger", "error": ...}`` goes to stderr and ``bin/ledger`` exits with status 3.
+  Neither answer is an acknowledgement: the command may or may not have been committed
+  (retry it with the same id once a ledger serves the database again).
+- the writer exits (a clean stop, or a refusal with its own JSON line and status): the
+  requests it left unanswered get LEDGER_UNAVAILABLE, and ``bin/ledger`` exits with its
+  status.
+
+SIGTERM and SIGINT are passed on to the writer, which stops cleanly (final checkpoint of
+the WAL, the last signed checkpoint); the supervisor exits after it. The writer dies with
+the supervisor (``PR_SET_PDEATHSIG``: SIGKILL of ``bin/ledger`` takes both down, as
+before), and its writer lease records the supervisor's pid, so a restart right after
+does not wait for the writer to be reaped (:mod:`ledger.storage.file_lease`).
+
+Cost: one more hop for each request, reply and commit group's events; measured by
+``bin/bench`` (CPU per command of both processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from typing import Any, Final
+
+import zmq
+
+from ledger.runtime.service import LINGER_MS, announce
+from ledger.runtime.sockets import NOBLOCK, send_frames
+from schema import wire
+from schema.errors import CoordinatorError, ErrorCode
+
+log = logging.getLogger("ledger")
+
+#: exit status of bin/ledger when its writer process died of a signal
+EXIT_WRITER_DIED: Final = 3
+#: the queue to the writer: beyond it a request is answered BUSY (the broker bounds
+#: what it has in flight far below this)
+TO_WRITER_HWM: Final = 100_000
+PUB_HWM: Final = 100_000
+#: how often the loop looks at the stop flag while nothing arrives (ms)
+TICK_MS: Final = 200
+_PR_SET_PDEATHSIG: Final = 1
+#: the first frame of the message by which the writer tells the supervisor the error it
+#: answers everything with from now on (a ROUTER never gives a peer an empty identity)
+REFUSAL: Final = b""
+
+
+def die_with_parent(parent: int) -> None:
+    """In the writer process: be killed (SIGKILL) when the supervisor ``parent`` dies,
+    and exit at once if it already has (Linux ``prctl(PR_SET_PDEATHSIG)``). Elsewhere
+    this does nothing and the writer outlives a killed supervisor until its next
+    request fails."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(EXIT_WRITER_DIED)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def death_error(returncode: int) -> CoordinatorError:
+    """What the requests the writer left unanswered get, by how it ended
+    (``returncode`` as subprocess reports it: negative for a signal)."""
+    if returncode >= 0:
+        return CoordinatorError(
+            ErrorCode.LEDGER_UNAVAILABLE,
+            f"the ledger stopped (status {returncode}) before answering; the command may "
+            "or may not have been applied: retry with the same id",
+            details={"reason": "writer_stopped", "status": returncode})
+    name = _signal_name(-returncode)
+    if -returncode == signal.SIGBUS:
+        return CoordinatorError(
+            ErrorCode.DB_ERROR,
+            "the ledger's storage failed under its writer process (SIGBUS: a write to "
+            "the database's memory-mapped -shm file was refused, e.g. the files were "
+            "made immutable or their file system went away); not acknowledged: the "
+            "command may or may not have been committed, retry with the same id once a "
+            "ledger serves the database again",
+            details={"reason": "writer_died", "signal": name})
+    return CoordinatorError(
+        ErrorCode.LEDGER_UNAVAILABLE,
+        f"the ledger's writer process died of {name}; the command may or may not have "
+        "been applied: retry with the same id",
+        details={"reason": "writer_died", "signal": name})
+
+
+class Supervisor:
+    """The public sockets of ``bin/ledger`` and the writer process behind them.
+
+    ``bind``/``pub``: the public endpoints (as given to ``--bind``/``--pub``);
+    ``writer_argv``: the writer's command line without them. Raises zmq.ZMQError if an
+    endpoint cannot be bound (nothing is started then)."""
+
+    def __init__(self, bind: str, pub: str, writer_argv: Sequence[str]) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.folder = tempfile.mkdtemp(prefix="ledger-")
+        self.writer_argv = list(writer_argv)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._pidfd: int | None = None
+        #: requests the writer has not answered: route -> [PROTOCOL, header]
+        self.waiting: dict[tuple[bytes, bytes], list[bytes]] = {}
+        #: the error the writer said it refuses everything with (damage, a lost file)
+        self.refusal: CoordinatorError | None = None
+        self.stats = {"requests": 0, "answered_for_writer": 0}
+        try:
+            self.front = self._socket(zmq.ROUTER)
+            self.front.bind(bind)
+            self.pub = self._socket(zmq.PUB)
+            self.pub.sndhwm = PUB_HWM
+            self.pub.bind(pub)
+            self.to_writer = self._socket(zmq.PAIR)
+            self.to_writer.sndhwm = TO_WRITER_HWM
+            self.to_writer.bind(f"ipc://{self.folder}/commands")
+            self.from_writer = self._socket(zmq.PAIR)
+            self.from_writer.rcvhwm = PUB_HWM
+            self.from_writer.bind(f"ipc://{self.folder}/events")
+        except BaseException:
+            self.close()
+            raise
+        self.endpoints = {
+            "commands": self.front.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
+            "events": self.pub.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
+        }
+
+    def _socket(self, kind: int) -> zmq.Socket[bytes]:
+        sock = self.ctx.socket(kind)
+        sock.linger = LINGER_MS
+        return sock
+
+    # --- start --------------------------------------------------------------------
+
+    def start(self, stop: threading.Event) -> tuple[dict[str, Any], int | None]:
+        """Start the writer and wait for its ready line (as long as its start-up check
+        takes; a stop request is passed on meanwhile). Returns the ready line to print
+        (endpoints: the public ones) and None, or the writer's failure line and the
+        status to exit with."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger.server", *self.writer_argv,
+             "--bind", f"ipc://{self.folder}/commands",
+             "--pub", f"ipc://{self.folder}/events",
+             "--supervised-by", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        with contextlib.suppress(OSError, AttributeError):
+            self._pidfd = os.pidfd_open(self.proc.pid)
+        assert self.proc.stdout is not None
+        line = b""
+        passed_on = False
+        while not line.endswith(b"\n"):
+            if stop.is_set() and not passed_on:
+                self.proc.send_signal(signal.SIGTERM)
+                passed_on = True
+            ready, _, _ = select.select([self.proc.stdout], [], [], TICK_MS / 1000)
+            if not ready:
+                continue
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            line += chunk
+        try:
+            first = json.loads(line) if line.strip() else None
+        except ValueError:
+            first = None
+        if isinstance(first, dict) and first.get("ok"):
+            return {**first, "endpoints": self.endpoints,
+                    "supervisor": {"pid": os.getpid()}}, None
+        code = self.proc.wait()
+        if isinstance(first, dict):
+            return first, code
+        err = death_error(code) if code < 0 else CoordinatorError(
+            ErrorCode.INTERNAL_ERROR, f"the ledger's writer process exited with status "
+            f"{code} before it was ready")
+        return {"ok": False, "error": err.to_dict()}, EXIT_WRITER_DIED if code <= 0 else code
+
+    # --- relay --------------------------------------------------------------------
+
+    def serve(self, stop: threading.Event) -> int:
+        """Relay until the writer exits; pass a stop request on to it. Returns the exit
+        status of bin/ledger."""
+        assert self.proc is not None and self.proc.stdout is not None
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.to_writer, zmq.POLLIN)
+        poller.register(self.from_writer, zmq.POLLIN)
+        watch = self._pidfd if self._pidfd is not None else self.proc.stdout.fileno()
+        poller.register(watch, zmq.POLLIN)
+        passed_on = False
+        while True:
+            if stop.is_set() and not passed_on:
+                self.proc.send_signal(signal.SIGTERM)
+                passed_on = True
+            events = dict(poller.poll(TICK_MS))
+            if self.to_writer in events:
+                self._replies()
+            if self.from_writer in events:
+                self._publish()
+            if watch in events and self._writer_gone():
+                break
+            if self.front in events:
+                self._requests()
+        self._replies()  # what it sent before it ended
+        self._publish()
+        return self._ended(self.proc.wait())
+
+    def _writer_gone(self) -> bool:
+        """The watched descriptor is readable: with a pidfd, the writer has exited;
+        without one, its stdout pipe has data (not an end) or is at EOF (the end)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        if self._pidfd is not None:
+            return True
+        try:
+            return not os.read(self.proc.stdout.fileno(), 65536)
+        except OSError:
+            return True
+
+    def _requests(self) -> None:
+        """Requests from the broker, to the writer (bounded: the loop stays responsive)."""
+        for _ in range(1000):
+            try:
+                frames = self.front.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue  # not from a broker: nobody to answer
+            self.stats["requests"] += 1
+            try:
+                send_frames(self.to_writer, frames, NOBLOCK)
+            except zmq.Again:
+                self._answer(frames[:2], frames[2:4], CoordinatorError(
+                    ErrorCode.BUSY, "the ledger's queue is full; retry shortly"))
+                continue
+            self.waiting[(frames[0], frames[1])] = frames[2:4]
+
+    def _replies(self) -> None:
+        while True:
+            try:
+                frames = self.to_writer.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                return
+            if frames[0] == REFUSAL:  # the writer refuses everything from now on
+                self._refusal(frames[1:])
+                continue
+            self.waiting.pop((frames[0], frames[1]), None)
+            send_frames(self.front, frames)
+
+    def _refusal(self, frames: list[bytes]) -> None:
+        with contextlib.suppress(CoordinatorError):
+            error = wire.decode(frames).error or {}
+            self.refusal = CoordinatorError(
+                ErrorCode(error.get("code", "DB_ERROR")), str(error.get("message", "")),
+                field=error.get("field"), details=error.get("details"))
+
+    def _publish(self) -> None:
+        while True:
+            try:
+                frames = self.from_writer.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                return
+            send_frames(self.pub, frames)
+
+    def _answer(self, route: list[bytes], head: list[bytes], error: CoordinatorError) -> None:
+        request_id = wire.header_id(head)
+        send_frames(self.front, [*route, *wire.encode(wire.error_reply(request_id, error))])
+
+    def _ended(self, returncode: int) -> int:
+        """The writer has ended: answer what it left (with the error it refused everything
+        with, if it said one), say how it ended, pick the status."""
+        error = self.refusal if returncode >= 0 and self.refusal else death_error(returncode)
+        for (identity, key), head in self.waiting.items():
+            self._answer([identity, key], head, error)
+            self.stats["answered_for_writer"] += 1
+        self.waiting.clear()
+        for _ in range(10_000):  # and what already waits at the door
+            try:
+                frames = self.front.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) >= 2:
+                self._answer(frames[:2], frames[2:4], error)
+                self.stats["answered_for_writer"] += 1
+        if returncode >= 0:
+            log.info("writer process exited with status %d (%s)", returncode, self.stats)
+            return returncode
+        sys.stderr.write(json.dumps({"ok": False, "role": "ledger",
+                                     "error": error.to_dict()}) + "\n")
+        sys.stderr.flush()
+        return EXIT_WRITER_DIED
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self.ctx.destroy(linger=LINGER_MS)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def supervise(bind: str, pub: str, writer_argv: Sequence[str], stop: threading.Event) -> int:
+    """Run ``bin/ledger`` as the supervisor of its writer process: print the ready line
+    (or the writer's refusal), relay until the writer ends, return the exit status."""
+    try:
+        supervisor = Supervisor(bind, pub, writer_argv)
+    except zmq.ZMQError as exc:
+        announce({"ok": False, "error": {"code": str(ErrorCode.BIND_FAILED),
+                                         "message": str(exc)}})
+        return 2
+    try:
+        ready, status = supervisor.start(stop)
+        announce(ready)
+        if status is not None:
+            return status
+        return supervisor.serve(stop)
+    finally:
+        supervisor.close()
