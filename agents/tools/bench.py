@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -419,8 +419,10 @@ def bus_phase(bus: Bus, work: Workload, window: int,
             "cpu_ticks": ticks}
 
 
-def verify_run(db: Path, events: int, sandbox: Path) -> dict[str, Any]:
-    """Fill a database with ``events`` events, then time verify_chain and ledger start."""
+def verify_run(db: Path, events: int, sandbox: Path,
+               ledger_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Fill a database with ``events`` events, then time verify_chain and ledger start
+    (``ledger_args``: added to each start, e.g. ``--unsupervised``)."""
     locator = file_locator(db)
     with open_store(locator, create=True, durability="off") as store:
         ledger = Ledger(store)
@@ -465,7 +467,7 @@ def verify_run(db: Path, events: int, sandbox: Path) -> dict[str, Any]:
             started = time.perf_counter()
             child = spawn("ledger", "ledger.server",
                           ["--db", rel, "--bind", "tcp://127.0.0.1:*",
-                           "--pub", "tcp://127.0.0.1:*", *extra],
+                           "--pub", "tcp://127.0.0.1:*", *extra, *ledger_args],
                           env={"OS_SANDBOX_ROOT": str(sandbox)})
             times.append(time.perf_counter() - started)
             child.stop()
@@ -649,6 +651,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--commands", type=int, default=20_000, help="total commands (default 20000)")
     p.add_argument("--durability", choices=("full", "normal"), default="full",
                    help="full: fsync per commit group (default); normal: no fsync")
+    p.add_argument("--unsupervised", action="store_true",
+                   help="run the ledger with --unsupervised: its writer in bin/ledger's own "
+                   "process (one hop less; the ledger role is then one process, not two)")
     p.add_argument("--rate", type=float, default=1000, help="fixed offered load (default 1000/s)")
     p.add_argument("--rate-seconds", type=float, default=5, help="for how long (default 5)")
     p.add_argument("--verify-events", type=int, default=100_000,
@@ -665,6 +670,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="JSON output (default logs/bench/<time>.json)")
     add_version_arg(p)
     args = p.parse_args(argv)
+    unsupervised = ["--unsupervised"] if args.unsupervised else []
     if args.rounds < 1 or args.commands < args.agents or args.fsync_samples < 1:
         p.error("--rounds and --fsync-samples must be at least 1, --commands at least "
                 "--agents")
@@ -696,7 +702,7 @@ def main(argv: list[str] | None = None) -> None:
                                    durability=args.durability, plan_id=PLAN)
             print(f"{tag} whole bus ...", file=sys.stderr, flush=True)
             with start_bus(f"data/bus-{r}.db", env=env,
-                           ledger_args=["--durability", args.durability],
+                           ledger_args=["--durability", args.durability, *unsupervised],
                            log_dir=tmp) as bus:
                 phase = bus_phase(bus, work, args.window, extra)
                 if r == args.rounds - 1:  # latency at a fixed load, on the last bus
@@ -722,7 +728,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.verify_events > 0:
             print(f"verify_chain on {args.verify_events:,} events ...", file=sys.stderr,
                   flush=True)
-            results["verify"] = verify_run(data / "big.db", args.verify_events, tmp)
+            results["verify"] = verify_run(data / "big.db", args.verify_events, tmp,
+                                           unsupervised)
         results["run_seconds"] = time.perf_counter() - started
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,9 +1,14 @@
 """``bin/ledger`` (``os-ledger``, ``python -m ledger.server``): the ledger process's
 command line. Parses the flags, opens the store through the factory, prints the ready
 line, serves until stopped; exit status 2 for bad input (a bad path or flag, an
-unsupported database, a port in use), 3 for a store that must not be served.
+unsupported database, a port in use), 3 for a store that must not be served (and for a
+writer process that died: see below).
 
-The process itself: :mod:`ledger.server.serving` (the single writer, group commit),
+By default ``bin/ledger`` supervises: it starts the writer as a child process first
+(:mod:`ledger.server.writer_process`, before this process imports anything heavy, so
+both load at once), then binds the public endpoints and relays them to it
+(:mod:`ledger.server.supervisor`); ``--unsupervised`` writes in this process. The
+writer itself: :mod:`ledger.server.serving` (the single writer, group commit),
 :mod:`ledger.server.reader` (queries), :mod:`ledger.server.startup` (start-up checks).
 """
 
@@ -13,37 +18,28 @@ import argparse
 import json
 import logging
 import sys
-import threading
 
-import zmq
-
-from ledger.log import checkpoints, integrity
-from ledger.log.checkpoints import load_or_create_key
-from ledger.runtime.sandbox import resolve_key, resolve_output_dir, sandbox_root
-from ledger.runtime.service import (
-    add_version_arg,
-    announce,
-    install_stop_signals,
-    positive_float,
-    positive_int,
-    settle_heap,
-    setup_logging,
-)
-from ledger.server.serving import LedgerServer
-from ledger.server.supervisor import die_with_parent, supervise
-from ledger.storage.factory import locate
-from schema.endpoints import DEFAULT_LEDGER, DEFAULT_LEDGER_PUB, require_local_bind
-from schema.errors import CoordinatorError, ErrorCode, StorageError
-
-CHECKPOINT_KEY = checkpoints.DEFAULT_KEY
-CHECKPOINT_DIR = checkpoints.DEFAULT_DIR
+from ledger.server.writer_process import WriterProcess, await_go, die_with_parent, start_writer
 
 log = logging.getLogger("ledger")
 
 
 def main(argv: list[str] | None = None) -> None:
+    args_given = sys.argv[1:] if argv is None else argv
+    writer = start_writer(args_given)  # first: see the module docstring
+    if writer is not None:
+        sys.exit(_supervise(args_given, writer))
+    _serve(_parser().parse_args(args_given))
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ledger.log import checkpoints, integrity
+    from ledger.runtime.service import add_version_arg, positive_float, positive_int
+    from schema.endpoints import DEFAULT_LEDGER, DEFAULT_LEDGER_PUB
+
+    key, folder = checkpoints.DEFAULT_KEY, checkpoints.DEFAULT_DIR
     p = argparse.ArgumentParser(
-        prog="ledger",
+        prog="ledger", allow_abbrev=False,
         description="Run the ledger: the single writer of the database. Applies plan "
         "commands from the broker, replies after each commit, publishes committed events "
         "in seq order, and serves read queries and event replay from a read-only "
@@ -71,11 +67,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="group commit: most commands applied in one transaction (default 256)")
     p.add_argument("--checkpoint-key", default=None, metavar="PATH",
                    help="sign checkpoints with this Ed25519 key under keys/ (created, mode "
-                   f"0600, with its .pub beside it, if missing; default {CHECKPOINT_KEY} "
+                   f"0600, with its .pub beside it, if missing; default {key} "
                    "when --checkpoint-dir is given). Without either option: no checkpoints")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                    help="write one signed checkpoint JSON file per checkpoint here (under "
-                   f"data/ or logs/; default {CHECKPOINT_DIR} when --checkpoint-key is given); "
+                   f"data/ or logs/; default {folder} when --checkpoint-key is given); "
                    "each is also published on the PUB stream, topic 'checkpoint'")
     p.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
                    help="checkpoint interval when the head moved (default 10); one more at "
@@ -102,19 +98,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--supervised-by", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--verbose", action="store_true")
     add_version_arg(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """The writer: this process (``--unsupervised``) or the supervised child."""
+    import zmq
+
+    from ledger.log.checkpoints import DEFAULT_DIR, DEFAULT_KEY, load_or_create_key
+    from ledger.runtime.sandbox import resolve_key, resolve_output_dir, sandbox_root
+    from ledger.runtime.service import (
+        announce,
+        install_stop_signals,
+        settle_heap,
+        setup_logging,
+    )
+    from ledger.server.serving import LedgerServer
+    from ledger.storage.factory import locate
+    from schema.errors import CoordinatorError, ErrorCode, StorageError
+
     setup_logging("ledger", args.verbose)
     stop = install_stop_signals()
-    if args.supervised_by is None and not args.unsupervised:
-        sys.exit(_supervise(args, sys.argv[1:] if argv is None else argv, stop))
     if args.supervised_by is not None:
         die_with_parent(args.supervised_by)
+        await_go()
     try:
         db = locate(args.db)
         key, key_path, checkpoint_dir = None, None, None
         if args.checkpoint_key or args.checkpoint_dir:
-            key_path = resolve_key(args.checkpoint_key or CHECKPOINT_KEY)
-            checkpoint_dir = resolve_output_dir(args.checkpoint_dir or CHECKPOINT_DIR)
+            key_path = resolve_key(args.checkpoint_key or DEFAULT_KEY)
+            checkpoint_dir = resolve_output_dir(args.checkpoint_dir or DEFAULT_DIR)
             key = load_or_create_key(key_path)
         server = LedgerServer(db, args.bind, args.pub, heartbeat=args.heartbeat,
                               durability=args.durability, max_batch=args.max_batch,
@@ -149,19 +162,37 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(3)
 
 
-def _supervise(args: argparse.Namespace, argv: list[str], stop: threading.Event) -> int:
-    """bin/ledger as the supervisor of its writer process (ledger/server/supervisor.py):
-    what it can refuse itself (a bad path, a bind reachable from the network) it refuses
-    before starting anything; the writer gets the same command line."""
+def _supervise(argv: list[str], writer: WriterProcess) -> int:
+    """bin/ledger as the supervisor of its ``writer`` (ledger/server/supervisor.py). It
+    reads only the options it needs itself, and refuses a public endpoint reachable from
+    the network or a port in use before the writer touches anything; the writer parses
+    and checks everything else (usage errors, paths) and says so itself. Imports as
+    little as it can: the writer starts meanwhile."""
+    from ledger.runtime.service import announce, install_stop_signals, setup_logging
+    from ledger.server.supervisor import supervise
+    from schema.endpoints import DEFAULT_LEDGER, DEFAULT_LEDGER_PUB, require_local_bind
+    from schema.errors import CoordinatorError
+
+    p = argparse.ArgumentParser(prog="ledger", add_help=False, allow_abbrev=False)
+    p.add_argument("--bind", default=DEFAULT_LEDGER)
+    p.add_argument("--pub", default=DEFAULT_LEDGER_PUB)
+    p.add_argument("--verbose", action="store_true")
     try:
-        locate(args.db)
+        args, _ = p.parse_known_args(argv)
+    except BaseException:  # e.g. --bind without a value; the writer says so too
+        writer.abort()
+        raise
+    setup_logging("ledger", args.verbose)
+    stop = install_stop_signals()
+    try:
         for name, endpoint in (("bind", args.bind), ("pub", args.pub)):
             require_local_bind(endpoint, name, why="the ledger (its sockets are for the "
                                "broker alone)")
     except CoordinatorError as exc:
+        writer.abort()
         announce({"ok": False, "error": exc.to_dict()})
-        return 3 if isinstance(exc, StorageError) else 2
-    return supervise(args.bind, args.pub, argv, stop)
+        return 2
+    return supervise(args.bind, args.pub, writer, stop)
 
 
 if __name__ == "__main__":

@@ -40,25 +40,20 @@ Cost: one more hop for each request, reply and commit group's events; measured b
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import select
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Sequence
 from typing import Any, Final
 
 import zmq
 
 from ledger.runtime.service import LINGER_MS, announce
 from ledger.runtime.sockets import NOBLOCK, send_frames
-from schema import wire
+from ledger.server.writer_process import WriterProcess
 from schema.errors import CoordinatorError, ErrorCode
 
 log = logging.getLogger("ledger")
@@ -71,23 +66,9 @@ TO_WRITER_HWM: Final = 100_000
 PUB_HWM: Final = 100_000
 #: how often the loop looks at the stop flag while nothing arrives (ms)
 TICK_MS: Final = 200
-_PR_SET_PDEATHSIG: Final = 1
 #: the first frame of the message by which the writer tells the supervisor the error it
 #: answers everything with from now on (a ROUTER never gives a peer an empty identity)
 REFUSAL: Final = b""
-
-
-def die_with_parent(parent: int) -> None:
-    """In the writer process: be killed (SIGKILL) when the supervisor ``parent`` dies,
-    and exit at once if it already has (Linux ``prctl(PR_SET_PDEATHSIG)``). Elsewhere
-    this does nothing and the writer outlives a killed supervisor until its next
-    request fails."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(EXIT_WRITER_DIED)
 
 
 def _signal_name(number: int) -> str:
@@ -127,14 +108,14 @@ class Supervisor:
     """The public sockets of ``bin/ledger`` and the writer process behind them.
 
     ``bind``/``pub``: the public endpoints (as given to ``--bind``/``--pub``);
-    ``writer_argv``: the writer's command line without them. Raises zmq.ZMQError if an
-    endpoint cannot be bound (nothing is started then)."""
+    ``writer``: the writer process, started and waiting for its go
+    (:mod:`ledger.server.writer_process`), whose internal endpoints are bound here.
+    Raises zmq.ZMQError if an endpoint cannot be bound (the writer then gets no go)."""
 
-    def __init__(self, bind: str, pub: str, writer_argv: Sequence[str]) -> None:
+    def __init__(self, bind: str, pub: str, writer: WriterProcess) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.folder = tempfile.mkdtemp(prefix="ledger-")
-        self.writer_argv = list(writer_argv)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.writer = writer
+        self.proc = writer.proc
         self._pidfd: int | None = None
         #: requests the writer has not answered: route -> [PROTOCOL, header]
         self.waiting: dict[tuple[bytes, bytes], list[bytes]] = {}
@@ -149,12 +130,12 @@ class Supervisor:
             self.pub.bind(pub)
             self.to_writer = self._socket(zmq.PAIR)
             self.to_writer.sndhwm = TO_WRITER_HWM
-            self.to_writer.bind(f"ipc://{self.folder}/commands")
+            self.to_writer.bind(writer.commands)
             self.from_writer = self._socket(zmq.PAIR)
             self.from_writer.rcvhwm = PUB_HWM
-            self.from_writer.bind(f"ipc://{self.folder}/events")
+            self.from_writer.bind(writer.events)
         except BaseException:
-            self.close()
+            self.ctx.destroy(linger=0)
             raise
         self.endpoints = {
             "commands": self.front.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
@@ -168,17 +149,13 @@ class Supervisor:
 
     # --- start --------------------------------------------------------------------
 
-    def start(self, stop: threading.Event) -> tuple[dict[str, Any], int | None]:
-        """Start the writer and wait for its ready line (as long as its start-up check
-        takes; a stop request is passed on meanwhile). Returns the ready line to print
-        (endpoints: the public ones) and None, or the writer's failure line and the
-        status to exit with."""
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.server", *self.writer_argv,
-             "--bind", f"ipc://{self.folder}/commands",
-             "--pub", f"ipc://{self.folder}/events",
-             "--supervised-by", str(os.getpid())],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    def start(self, stop: threading.Event) -> tuple[dict[str, Any] | None, int | None]:
+        """Give the writer its go and wait for its ready line (as long as its start-up
+        check takes; a stop request is passed on meanwhile). Returns the ready line to
+        print (endpoints: the public ones) and None, or the writer's failure line (None
+        if it printed none: a usage error, said on stderr) and the status to exit
+        with."""
+        self.writer.go()
         with contextlib.suppress(OSError, AttributeError):
             self._pidfd = os.pidfd_open(self.proc.pid)
         assert self.proc.stdout is not None
@@ -203,12 +180,13 @@ class Supervisor:
             return {**first, "endpoints": self.endpoints,
                     "supervisor": {"pid": os.getpid()}}, None
         code = self.proc.wait()
-        if isinstance(first, dict):
+        if isinstance(first, dict):  # the writer's refusal
             return first, code
+        if code > 0:  # it said why on stderr (a usage error)
+            return None, code
         err = death_error(code) if code < 0 else CoordinatorError(
-            ErrorCode.INTERNAL_ERROR, f"the ledger's writer process exited with status "
-            f"{code} before it was ready")
-        return {"ok": False, "error": err.to_dict()}, EXIT_WRITER_DIED if code <= 0 else code
+            ErrorCode.INTERNAL_ERROR, "the ledger's writer process ended before it was ready")
+        return {"ok": False, "error": err.to_dict()}, EXIT_WRITER_DIED
 
     # --- relay --------------------------------------------------------------------
 
@@ -282,6 +260,8 @@ class Supervisor:
             send_frames(self.front, frames)
 
     def _refusal(self, frames: list[bytes]) -> None:
+        from schema import wire  # not on the relay path: the supervisor starts light
+
         with contextlib.suppress(CoordinatorError):
             error = wire.decode(frames).error or {}
             self.refusal = CoordinatorError(
@@ -297,6 +277,8 @@ class Supervisor:
             send_frames(self.pub, frames)
 
     def _answer(self, route: list[bytes], head: list[bytes], error: CoordinatorError) -> None:
+        from schema import wire  # not on the relay path: the supervisor starts light
+
         request_id = wire.header_id(head)
         send_frames(self.front, [*route, *wire.encode(wire.error_reply(request_id, error))])
 
@@ -325,30 +307,31 @@ class Supervisor:
         return EXIT_WRITER_DIED
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
         self.ctx.destroy(linger=LINGER_MS)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self.writer.cleanup()
 
 
-def supervise(bind: str, pub: str, writer_argv: Sequence[str], stop: threading.Event) -> int:
-    """Run ``bin/ledger`` as the supervisor of its writer process: print the ready line
-    (or the writer's refusal), relay until the writer ends, return the exit status."""
+def supervise(bind: str, pub: str, writer: WriterProcess, stop: threading.Event) -> int:
+    """Run ``bin/ledger`` as the supervisor of its ``writer`` process: print the ready
+    line (or the writer's refusal), relay until the writer ends, return the exit
+    status."""
     try:
-        supervisor = Supervisor(bind, pub, writer_argv)
+        supervisor = Supervisor(bind, pub, writer)
     except zmq.ZMQError as exc:
+        writer.abort()
         announce({"ok": False, "error": {"code": str(ErrorCode.BIND_FAILED),
                                          "message": str(exc)}})
         return 2
     try:
         ready, status = supervisor.start(stop)
-        announce(ready)
+        if ready is not None:
+            announce(ready)
         if status is not None:
             return status
         return supervisor.serve(stop)

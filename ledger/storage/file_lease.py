@@ -93,6 +93,7 @@ class FileLease(WriterLease):
 
     def __init__(self, path: Path, name: str, holder: dict[str, Any]) -> None:
         self.path = path
+        self._name = str(path)  # os.stat is faster on a str: check() runs per commit
         self.name = name
         self.holder = holder
         try:
@@ -129,7 +130,7 @@ class FileLease(WriterLease):
         """Raise StoreLost if the lock file at the path is not the one locked (removed,
         replaced, its folder moved): another writer could lock the new one."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._name)
         except OSError:
             raise StoreLost(f"{self.name}: its writer lock file {self.path.name} is gone "
                             "(removed, or its folder moved); another writer could start, "

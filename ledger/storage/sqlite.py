@@ -404,6 +404,9 @@ class SqliteStore(_Reads, Store):
         self._file_id: tuple[int, int] | None = None
         self._wal_id: tuple[int, int] | None = None
         self._wal_mode = False
+        #: the paths stat'ed after each commit, as strings (faster to os.stat)
+        self._file_name = str(self.path)
+        self._wal_name = self._file_name + "-wal"
         if not self.path.exists():
             raise StorageError(ErrorCode.DB_NOT_INITIALISED,
                                f"no database at {self.path}; run bin/init_db first")
@@ -435,9 +438,6 @@ class SqliteStore(_Reads, Store):
                     self._wal_mode = row is not None and str(row[0]).lower() == "wal"
         return conn
 
-    @property
-    def _wal_path(self) -> Path:
-        return self.path.with_name(self.path.name + "-wal")
 
     def _lose(self, problem: str, **details: Any) -> StoreLost:
         self._lost = StoreLost(
@@ -451,7 +451,7 @@ class SqliteStore(_Reads, Store):
         writer connection has open, and the writer lease still guards them. Three
         ``stat`` calls: cheap enough for every commit group."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._file_name)
         except OSError:
             raise self._lose("the database file is gone from its path (removed, or its "
                              "folder moved or removed)", what="unlinked") from None
@@ -460,7 +460,7 @@ class SqliteStore(_Reads, Store):
                              "rename or a copy)", what="replaced")
         if self._wal_mode:
             try:
-                wal = os.stat(self._wal_path)
+                wal = os.stat(self._wal_name)
             except OSError:
                 raise self._lose("its -wal file is gone from beside it",
                                  what="wal_unlinked") from None
