@@ -64,6 +64,8 @@ EXIT_WRITER_DIED: Final = 3
 #: what it has in flight far below this)
 TO_WRITER_HWM: Final = 100_000
 PUB_HWM: Final = 100_000
+#: most messages relayed from one socket before the loop looks at the others
+BURST: Final = 1000
 #: how often the loop looks at the stop flag while nothing arrives (ms)
 TICK_MS: Final = 200
 #: the first frame of the message by which the writer tells the supervisor the error it
@@ -214,8 +216,10 @@ class Supervisor:
                 break
             if self.front in events:
                 self._requests()
-        self._replies()  # what it sent before it ended
-        self._publish()
+        while self.to_writer.poll(0):  # what it sent before it ended
+            self._replies()
+        while self.from_writer.poll(0):
+            self._publish()
         return self._ended(self.proc.wait())
 
     def _writer_gone(self) -> bool:
@@ -230,8 +234,8 @@ class Supervisor:
             return True
 
     def _requests(self) -> None:
-        """Requests from the broker, to the writer (bounded: the loop stays responsive)."""
-        for _ in range(1000):
+        """Requests from the broker, to the writer."""
+        for _ in range(BURST):
             try:
                 frames = self.front.recv_multipart(NOBLOCK)
             except zmq.Again:
@@ -248,7 +252,7 @@ class Supervisor:
             self.waiting[(frames[0], frames[1])] = frames[2:4]
 
     def _replies(self) -> None:
-        while True:
+        for _ in range(BURST):
             try:
                 frames = self.to_writer.recv_multipart(NOBLOCK)
             except zmq.Again:
@@ -269,7 +273,7 @@ class Supervisor:
                 field=error.get("field"), details=error.get("details"))
 
     def _publish(self) -> None:
-        while True:
+        for _ in range(BURST):
             try:
                 frames = self.from_writer.recv_multipart(NOBLOCK)
             except zmq.Again:
