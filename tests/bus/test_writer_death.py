@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+import zmq
 
 from agents.client import AgentClient
+from schema import wire
 from tests.support.buses import BusFactory
+from tests.support.sockets import SocketFactory
 
 BIN: Final = Path(sys.executable).parent
 DB: Final = "data/imm.db"
@@ -88,31 +91,47 @@ def stderr_lines(root: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in text.splitlines() if x.startswith("{")]
 
 
+def command(dealer: zmq.Socket[bytes], command_id: str, body: dict[str, Any]
+            ) -> wire.Reply:
+    """One COMMAND straight to the ledger, as the broker sends it; its REPLY."""
+    dealer.send_multipart([b"key", *wire.encode(wire.CommandMsg(
+        id=command_id, actor="Liam", session_id=SESSION, command=body))])
+    assert dealer.poll(int(TIMEOUT * 1000)), f"no reply to {command_id}"
+    reply = wire.decode(dealer.recv_multipart()[1:])
+    assert isinstance(reply, wire.Reply)
+    return reply
+
+
 def test_sigbus_under_the_writer_becomes_db_error_and_status_3(
-        sandbox: Path, bus_factory: BusFactory) -> None:
+        sandbox: Path, bus_factory: BusFactory, zmq_socket: SocketFactory) -> None:
+    """A lone ledger and one DEALER (as the broker's): nothing but the command touches
+    the database after the chattr (no broker probes), so it is that command the
+    writer dies in, and its answer that the supervisor gives."""
     chattr_or_skip(sandbox / "scenarios")
-    bus = bus_factory.start(DB, broker_args=FAST, ready=True)
-    with AgentClient(bus.front, "Liam", session_id=SESSION, timeout=TIMEOUT,
-                     retries=0) as liam:
-        assert liam.create_plan("P-1", "immutable").status == "APPLIED"
-        acked = [liam.add_item("P-1", f"I-{n}", "before") for n in range(4)]
-        assert all(r.status == "APPLIED" for r in acked)
-        with immutable(the_files(sandbox)):
-            reply = liam.add_item("P-1", "I-4", "under", command_id="Liam:under")
-            assert bus.ledger.proc.wait(TIMEOUT) == 3  # an exit status, not a signal
-        assert (reply.ok, reply.status) == (False, None), reply
-        assert reply.error is not None and reply.error["code"] == "DB_ERROR", reply
-        assert reply.error["details"] == {"reason": "writer_died", "signal": "SIGBUS"}
+    ledger = bus_factory.ledger(DB)
+    dealer = zmq_socket(zmq.DEALER)
+    dealer.connect(ledger.endpoints["commands"])
+    plan = {"action": "CREATE_PLAN", "plan_id": "P-1", "title": "immutable"}
+    assert command(dealer, "Liam:plan", plan).status == "APPLIED"
+    for n in range(4):
+        item = {"action": "ADD_ITEM", "plan_id": "P-1", "item_id": f"I-{n}", "title": "x"}
+        assert command(dealer, f"Liam:item-{n}", item).status == "APPLIED"
+    under = {"action": "ADD_ITEM", "plan_id": "P-1", "item_id": "I-4", "title": "under"}
+    with immutable(the_files(sandbox)):
+        reply = command(dealer, "Liam:under", under)
+        assert ledger.proc.wait(TIMEOUT) == 3  # an exit status, not a signal
+    assert (reply.ok, reply.status) == (False, None), reply
+    assert reply.error is not None and reply.error["code"] == "DB_ERROR", reply
+    assert reply.error["details"] == {"reason": "writer_died", "signal": "SIGBUS"}
     lines = stderr_lines(sandbox)
     assert len(lines) == 1 and lines[0]["ok"] is False, lines
     assert lines[0]["error"] == reply.error
     # nothing acknowledged is lost, and the unacknowledged one is applied exactly once
-    bus.restart_ledger()
-    bus_factory.wait_ready(bus)
+    bus = bus_factory.start(DB, ready=True)
     assert verified_events(sandbox) in (5, 6)
     with AgentClient(bus.front, "Liam", session_id=SESSION, timeout=TIMEOUT,
                      retries=3) as liam:
-        again = liam.add_item("P-1", "I-4", "under", command_id="Liam:under")
+        again = liam.send_command(under, command_id="Liam:under")
         assert again.status == "APPLIED", again
     assert verified_events(sandbox) == 6
 
