@@ -1,6 +1,7 @@
 """After a clean stop, the database file alone holds everything committed (issue 10,
 item 11), in every mode of the ledger: with and without signed checkpoints, with each
 ``--startup-check``, stopped with SIGTERM or Ctrl-C (SIGINT), with a reader connected.
+The commands go straight to the ledger, as the broker sends them.
 
 The writer's close checkpoints the whole WAL into the file and truncates it (``PRAGMA
 wal_checkpoint(TRUNCATE)``, ledger/storage/sqlite.py), so a backup that copies only the
@@ -23,9 +24,12 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+import zmq
 
-from agents.client import AgentClient
+from ledger.storage.factory import initialise_store
 from tests.support.buses import BusFactory
+from tests.support.direct import command
+from tests.support.sockets import SocketFactory
 
 BIN: Final = Path(sys.executable).parent
 DB: Final = "data/c.db"
@@ -63,25 +67,26 @@ MODES = [pytest.param(check, cp, id=f"{check}-{'checkpoints' if cp else 'plain'}
 
 @pytest.mark.parametrize(("startup_check", "checkpoints"), MODES)
 def test_a_copy_of_the_file_alone_after_a_clean_stop_is_complete(
-        sandbox: Path, bus_factory: BusFactory, startup_check: str,
-        checkpoints: bool) -> None:
+        sandbox: Path, bus_factory: BusFactory, zmq_socket: SocketFactory,
+        startup_check: str, checkpoints: bool) -> None:
     args = ["--startup-check", startup_check]
     if checkpoints:
         args += ["--checkpoint-dir", "data/checkpoints", "--checkpoint-every", "0.2"]
-    replies = run_and_stop(sandbox, bus_factory, args, signal.SIGTERM)
+    replies = run_and_stop(sandbox, bus_factory, zmq_socket, args, signal.SIGTERM)
     check_backup(sandbox, replies)
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "a reader connected"])
 def test_ctrl_c_and_a_connected_reader_change_nothing(
-        sandbox: Path, bus_factory: BusFactory, how: str) -> None:
+        sandbox: Path, bus_factory: BusFactory, zmq_socket: SocketFactory,
+        how: str) -> None:
     reader = None
     if how == "a reader connected":  # an idle reader holds the file open meanwhile
-        bus_factory.start(DB).stop()  # (the file must exist to be opened)
+        initialise_store(DB)
         reader = sqlite3.connect(f"file:{sandbox / DB}?mode=ro", uri=True)
         reader.execute("SELECT COUNT(*) FROM events").fetchone()
     try:
-        replies = run_and_stop(sandbox, bus_factory, [],
+        replies = run_and_stop(sandbox, bus_factory, zmq_socket, [],
                                signal.SIGINT if how == "SIGINT" else signal.SIGTERM)
     finally:
         if reader is not None:
@@ -89,23 +94,24 @@ def test_ctrl_c_and_a_connected_reader_change_nothing(
     check_backup(sandbox, replies)
 
 
-def run_and_stop(root: Path, bus_factory: BusFactory, args: list[str],
-                 sig: signal.Signals) -> list[tuple[int, str]]:
-    """Apply COMMANDS commands, stop the ledger with ``sig``: the (seq, hash) replied."""
-    bus = bus_factory.start(DB, ledger_args=args, ready=True)
+def run_and_stop(root: Path, bus_factory: BusFactory, zmq_socket: SocketFactory,
+                 args: list[str], sig: signal.Signals) -> list[tuple[int, str]]:
+    """A ledger (talked to directly, as the broker would), COMMANDS commands, then a stop
+    with ``sig``: the (seq, hash) each reply gave."""
+    ledger = bus_factory.ledger(DB, *args)
+    dealer = zmq_socket(zmq.DEALER)
+    dealer.connect(ledger.endpoints["commands"])
+    bodies = [{"action": "CREATE_PLAN", "plan_id": "P-1", "title": "backed up"}] + [
+        {"action": "ADD_ITEM", "plan_id": "P-1", "item_id": f"I-{n}", "title": f"item {n}"}
+        for n in range(COMMANDS - 1)]
     replies: list[tuple[int, str]] = []
-    with AgentClient(bus.front, "Liam", timeout=TIMEOUT, retries=0) as liam:
-        first = liam.create_plan("P-1", "backed up")
-        assert first.status == "APPLIED", first
-        replies.append((first.seq, first.hash))
-        for n in range(COMMANDS - 1):
-            reply = liam.add_item("P-1", f"I-{n}", f"item {n}")
-            assert reply.status == "APPLIED", reply
-            replies.append((reply.seq, reply.hash))
+    for n, body in enumerate(bodies):
+        reply = command(dealer, f"Liam:{n}", body)
+        assert reply.status == "APPLIED" and reply.seq and reply.hash, reply
+        replies.append((reply.seq, reply.hash))
     # the stop has something to do: commits the file alone does not hold yet
     assert frames_not_in_the_file(root / DB, root / "scratch") > 0
-    assert bus.ledger.stop(grace=TIMEOUT, sig=sig) == 0
-    bus.broker.stop()
+    assert ledger.stop(grace=TIMEOUT, sig=sig) == 0
     return replies
 
 

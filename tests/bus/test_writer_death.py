@@ -31,8 +31,8 @@ import pytest
 import zmq
 
 from agents.client import AgentClient
-from schema import wire
 from tests.support.buses import BusFactory
+from tests.support.direct import command
 from tests.support.sockets import SocketFactory
 
 BIN: Final = Path(sys.executable).parent
@@ -91,17 +91,6 @@ def stderr_lines(root: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in text.splitlines() if x.startswith("{")]
 
 
-def command(dealer: zmq.Socket[bytes], command_id: str, body: dict[str, Any]
-            ) -> wire.Reply:
-    """One COMMAND straight to the ledger, as the broker sends it; its REPLY."""
-    dealer.send_multipart([b"key", *wire.encode(wire.CommandMsg(
-        id=command_id, actor="Liam", session_id=SESSION, command=body))])
-    assert dealer.poll(int(TIMEOUT * 1000)), f"no reply to {command_id}"
-    reply = wire.decode(dealer.recv_multipart()[1:])
-    assert isinstance(reply, wire.Reply)
-    return reply
-
-
 def test_sigbus_under_the_writer_becomes_db_error_and_status_3(
         sandbox: Path, bus_factory: BusFactory, zmq_socket: SocketFactory) -> None:
     """A lone ledger and one DEALER (as the broker's): nothing but the command touches
@@ -112,13 +101,14 @@ def test_sigbus_under_the_writer_becomes_db_error_and_status_3(
     dealer = zmq_socket(zmq.DEALER)
     dealer.connect(ledger.endpoints["commands"])
     plan = {"action": "CREATE_PLAN", "plan_id": "P-1", "title": "immutable"}
-    assert command(dealer, "Liam:plan", plan).status == "APPLIED"
+    assert command(dealer, "Liam:plan", plan, session_id=SESSION).status == "APPLIED"
     for n in range(4):
         item = {"action": "ADD_ITEM", "plan_id": "P-1", "item_id": f"I-{n}", "title": "x"}
-        assert command(dealer, f"Liam:item-{n}", item).status == "APPLIED"
+        assert command(dealer, f"Liam:item-{n}", item, session_id=SESSION).status \
+            == "APPLIED"
     under = {"action": "ADD_ITEM", "plan_id": "P-1", "item_id": "I-4", "title": "under"}
     with immutable(the_files(sandbox)):
-        reply = command(dealer, "Liam:under", under)
+        reply = command(dealer, "Liam:under", under, session_id=SESSION)
         assert ledger.proc.wait(TIMEOUT) == 3  # an exit status, not a signal
     assert (reply.ok, reply.status) == (False, None), reply
     assert reply.error is not None and reply.error["code"] == "DB_ERROR", reply
