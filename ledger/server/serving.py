@@ -40,7 +40,7 @@ from ledger.runtime.service import LINGER_MS
 from ledger.runtime.sockets import NOBLOCK, send_frames
 from ledger.server.reader import READER_ENDPOINT, serve_reads
 from ledger.server.startup import StartupChecks, refuse_rollback
-from ledger.server.supervisor import REFUSAL
+from ledger.server.supervisor import CONTROL, HELLO, REFUSAL
 from ledger.storage.base import Durability, Locator, Store, StoreLost, writer_holder
 from ledger.storage.factory import open_store
 from ledger.storage.rows import Event
@@ -164,6 +164,8 @@ class LedgerServer:
         if supervisor:
             self.router.connect(bind)
             self.pub.connect(pub)
+            for sock in (self.router, self.pub):  # queued until connected
+                sock.send_multipart([CONTROL, HELLO])
         else:
             self.router.bind(bind)
             self.pub.bind(pub)
@@ -237,7 +239,7 @@ class LedgerServer:
             if self.refusal is not None:
                 self._refuse_waiting()
                 if self.supervisor:  # for what is still on its way: see supervisor.py
-                    self.router.send_multipart([REFUSAL, *wire.encode(
+                    self.router.send_multipart([CONTROL, REFUSAL, *wire.encode(
                         wire.error_reply(None, self.refusal))])
             reader_stop.set()
             reader.join(timeout=2)

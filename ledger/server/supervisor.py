@@ -68,9 +68,14 @@ PUB_HWM: Final = 100_000
 BURST: Final = 1000
 #: how often the loop looks at the stop flag while nothing arrives (ms)
 TICK_MS: Final = 200
-#: the first frame of the message by which the writer tells the supervisor the error it
-#: answers everything with from now on (a ROUTER never gives a peer an empty identity)
-REFUSAL: Final = b""
+#: the first frame of a message from the writer to the supervisor itself (a ROUTER never
+#: gives a peer an empty identity, and every PUB topic is non-empty); the second says
+#: what it is: HELLO (sent on both sockets once connected, before the ready line: the
+#: supervisor relays nothing before it has both) or REFUSAL (then the encoded error
+#: reply it answers everything with from now on)
+CONTROL: Final = b""
+HELLO: Final = b"hello"
+REFUSAL: Final = b"refusal"
 
 
 def _signal_name(number: int) -> str:
@@ -179,6 +184,7 @@ class Supervisor:
         except ValueError:
             first = None
         if isinstance(first, dict) and first.get("ok"):
+            self._await_hellos()
             return {**first, "endpoints": self.endpoints,
                     "supervisor": {"pid": os.getpid()}}, None
         code = self.proc.wait()
@@ -257,8 +263,9 @@ class Supervisor:
                 frames = self.to_writer.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
-            if frames[0] == REFUSAL:  # the writer refuses everything from now on
-                self._refusal(frames[1:])
+            if frames[0] == CONTROL:
+                if frames[1:2] == [REFUSAL]:  # the writer refuses everything from now on
+                    self._refusal(frames[2:])
                 continue
             self.waiting.pop((frames[0], frames[1]), None)
             send_frames(self.front, frames)
@@ -278,7 +285,24 @@ class Supervisor:
                 frames = self.from_writer.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
-            send_frames(self.pub, frames)
+            if frames[0] != CONTROL:
+                send_frames(self.pub, frames)
+
+    def _await_hellos(self) -> None:
+        """Wait for the writer's HELLO on both sockets (it sent them before its ready
+        line: they come at once once the ipc connections are up): until then a send to
+        it would find no peer. A writer that ended meanwhile is for serve() to see."""
+        waiting = {self.to_writer, self.from_writer}
+        poller = zmq.Poller()
+        for sock in waiting:
+            poller.register(sock, zmq.POLLIN)
+        while waiting:
+            for sock, _ in poller.poll(TICK_MS):
+                if sock.recv_multipart()[:2] == [CONTROL, HELLO]:
+                    waiting.discard(sock)
+                    poller.unregister(sock)
+            if waiting and self.proc.poll() is not None:
+                return
 
     def _answer(self, route: list[bytes], head: list[bytes], error: CoordinatorError) -> None:
         from schema import wire  # not on the relay path: the supervisor starts light
