@@ -249,12 +249,16 @@ class Supervisor:
             if len(frames) < 2:
                 continue  # not from a broker: nobody to answer
             self.stats["requests"] += 1
+            if self.refusal is not None:  # the writer refuses everything and is ending
+                self._answer(frames[:2], frames[2:4], self.refusal)
+                continue
             try:
                 send_frames(self.to_writer, frames, NOBLOCK)
-            except zmq.Again:
-                self._answer(frames[:2], frames[2:4], CoordinatorError(
-                    ErrorCode.BUSY, "the ledger's queue is full; retry shortly"))
-                continue
+            except zmq.Again:  # its queue is full, or it is gone (then _ended answers)
+                if self.proc.poll() is None:
+                    self._answer(frames[:2], frames[2:4], CoordinatorError(
+                        ErrorCode.BUSY, "the ledger's queue is full; retry shortly"))
+                    continue
             self.waiting[(frames[0], frames[1])] = frames[2:4]
 
     def _replies(self) -> None:
