@@ -331,7 +331,7 @@ class Supervisor:
                 self._answer(frames[:2], frames[2:4], error)
                 self.stats["answered_for_writer"] += 1
         if returncode >= 0:
-            log.info("writer process exited with status %d (%s)", returncode, self.stats)
+            log.debug("writer process exited with status %d (%s)", returncode, self.stats)
             return returncode
         sys.stderr.write(json.dumps({"ok": False, "role": "ledger",
                                      "error": error.to_dict()}) + "\n")

@@ -18,10 +18,10 @@ or error prints (:attr:`Locator.shown`, :attr:`Locator.name`) comes from
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from ledger.storage.base import Backend, Durability, Inspection, Locator
+from ledger.storage.base import Backend, Durability, Inspection, Locator, WriterLease
 
 if TYPE_CHECKING:
     from ledger.storage.postgres_store import PgStore
@@ -130,6 +130,11 @@ class PostgresBackend(Backend):
         from ledger.storage.postgres_store import ledger_tables
 
         return bool(ledger_tables(locator))
+
+    def acquire_writer(self, locator: Locator, holder: dict[str, Any]) -> WriterLease:
+        from ledger.storage.postgres_store import PgLease
+
+        return PgLease(locator, holder)
 
     def size_bytes(self, locator: Locator) -> int | None:
         from ledger.storage.postgres_store import size_bytes

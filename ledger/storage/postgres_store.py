@@ -20,6 +20,10 @@ Sessions. A store holds:
   writer session that breaks is never replaced: the store then refuses every write
   (DB_CONNECTION_LOST) and its owner must open a new one. Group commit writes each
   table's new rows with one COPY, and the changed items with one UPDATE;
+- with the writer lease (:class:`PgLease`, taken by the factory for every writer), a
+  session of its own holding the session-level advisory lock :data:`LEASE_LOCK`, which
+  the server releases when that session ends however it ends (one writer per database:
+  a second one gets DB_LOCKED naming the holder, read from that session's last query);
 - read snapshots (:class:`PgSnapshot`, ``REPEATABLE READ READ ONLY``) on sessions of
   their own, kept for reuse; one can be exported (``pg_export_snapshot()``) and attached
   to from another process (:meth:`PgStore.shared_snapshot`), so that a verify_chain
@@ -42,6 +46,7 @@ only importers of ``psycopg``.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -63,8 +68,11 @@ from ledger.storage.base import (
     Locator,
     ReadSnapshot,
     Store,
+    StoreLost,
     Transaction,
+    WriterLease,
     damaged,
+    locked,
 )
 from ledger.storage.postgres import SCHEMA_VERSION, PostgresBackend, scrubber
 from ledger.storage.rows import Event, Item, Link, Plan
@@ -79,8 +87,8 @@ from ledger.storage.sql import TABLE_SQL as _TABLE_SQL
 from schema.errors import CoordinatorError, ErrorCode, StorageError
 from schema.vocabulary import GENESIS_HASH
 
-__all__ = ["Connection", "PgSnapshot", "PgStore", "connect", "initialise", "ledger_tables",
-           "size_bytes", "storage_error"]
+__all__ = ["Connection", "PgLease", "PgSnapshot", "PgStore", "connect", "initialise",
+           "ledger_tables", "size_bytes", "storage_error"]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 Scrub = Callable[[str], str]
@@ -98,6 +106,15 @@ LOCK_TIMEOUT_MS: Final = 5000
 #: initialise() takes INIT_LOCK (two bin/init_db at once must not race on CREATE).
 WRITER_LOCK: Final = 0x4C33_4C45_4447_5231  # "L3LEDGR1"
 INIT_LOCK: Final = 0x4C33_4C45_4447_5230
+#: pg_try_advisory_lock key of the writer lease (session level: PgLease)
+LEASE_LOCK: Final = 0x4C33_4C45_4447_5232
+#: what starts the holder's JSON in the comment of the lease session's query
+_HOLDER_MARK: Final = "l3-writer "
+_HOLDER_SQL: Final = (
+    "SELECT a.query, a.pid, a.backend_start FROM pg_locks l "
+    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 1")
 APPLICATION_NAME: Final = "l3-ledger"
 #: Event rows fetched at a time by a read snapshot and by iter_events.
 BATCH: Final = 2000
@@ -744,6 +761,7 @@ class PgStore(_Reads, Store):
                 raise StorageError(ErrorCode.DB_ERROR, f"{self._locator.name}: the server "
                                    f"answered COMMIT with {commit.statusmessage}; nothing "
                                    "was committed")
+            self.check_lease()  # before anyone is told it committed
 
     # ---- snapshots
 
@@ -854,7 +872,7 @@ class PgStore(_Reads, Store):
                            f" ORDER BY {column} NULLS FIRST")
         return {str(k): int(n) for k, n in rows}
 
-    def close(self) -> None:
+    def close_store(self) -> None:
         with self._lock:
             self._closed = True
             sessions = [self._reader, self._writer, *self._spares]
@@ -863,6 +881,64 @@ class PgStore(_Reads, Store):
         for conn in sessions:
             if conn is not None:
                 conn.close()
+
+
+class PgLease(WriterLease):
+    """The writer lease of a PostgreSQL database: ``pg_try_advisory_lock(LEASE_LOCK)`` on
+    a session of its own, held while that session lives (the server releases it when
+    the session ends, however its client died). The query that took it carries the
+    holder as a JSON comment, which ``pg_stat_activity`` shows a refused writer.
+    Raises StorageError DB_LOCKED (naming the holder) and what :func:`connect` raises."""
+
+    def __init__(self, locator: Locator, holder: dict[str, Any]) -> None:
+        self.holder = holder
+        self._name = locator.name
+        scrub = scrubber(locator.address)
+        text = json.dumps(holder, separators=(",", ":")).replace("*/", "* /")
+        self._conn: Connection | None = connect(locator, role="writer lease")
+        conn = self._conn
+        try:
+            row = conn.execute(f"SELECT pg_try_advisory_lock({LEASE_LOCK}) "
+                               f"/* {_HOLDER_MARK}{text} */").fetchone()
+            current = None if row and row[0] else self._current(conn)
+        except psycopg.Error as exc:
+            self.release()
+            raise storage_error(exc, "taking the writer lock", name=self._name, scrub=scrub,
+                                conn=conn) from None
+        if not (row and row[0]):
+            self.release()
+            raise locked(self._name, current)
+
+    @staticmethod
+    def _current(conn: Connection) -> dict[str, Any] | None:
+        """The holder, as its session's query names it (or that session's pid and start,
+        if it does not)."""
+        row = conn.execute(_HOLDER_SQL, (LEASE_LOCK >> 32, LEASE_LOCK & 0xFFFFFFFF)
+                           ).fetchone()
+        if row is None:
+            return None  # released meanwhile
+        query, backend_pid, started = row
+        mark = str(query or "").find(_HOLDER_MARK)
+        if mark >= 0:
+            with suppress(ValueError):
+                found = json.loads(str(query)[mark + len(_HOLDER_MARK):].rsplit("*/", 1)[0])
+                if isinstance(found, dict):
+                    return found
+        return {"backend_pid": backend_pid, "started": str(started)}
+
+    def check(self) -> None:
+        """Raise StoreLost once the lease's session is known to be gone (no round trip:
+        what the driver has seen)."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            raise StoreLost(f"{self._name}: the session holding this writer's lock is "
+                            "gone; another writer could start, so this one stops",
+                            what="lease_session_lost")
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()  # the server drops the session's advisory locks
 
 
 def _rollback(conn: Connection) -> None:

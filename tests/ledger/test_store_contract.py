@@ -471,6 +471,33 @@ class StoreContract:
                 tx.insert_plan(plan("P-9"))
         assert store.get_plan("P-9") is None
 
+    def test_one_writer_lease_per_store(self, store: Store) -> None:
+        """Every writer the factory opens holds the store's writer lease until it closes:
+        a second writer is refused with DB_LOCKED naming the first, a reader is not; the
+        holder is who the first said it was; after the close the lease is free again."""
+        locator = store.locator
+        if not self.reopenable:
+            with pytest.raises(CoordinatorError) as refused:
+                open_store(locator)
+            assert refused.value.code == "DB_UNSUPPORTED"
+            return
+        first = open_store(locator, role="first")
+        try:
+            assert first.writer is not None and first.writer["role"] == "first"
+            with pytest.raises(StorageError) as refused:
+                open_store(locator, role="second")
+            assert refused.value.code == "DB_LOCKED"
+            assert refused.value.details["holder"] == first.writer
+            assert "first" in refused.value.message
+            with open_store(locator, readonly=True) as reader:
+                assert reader.writer is None and reader.head() == first.head()
+            self.seed(first)  # the holder writes as usual
+        finally:
+            first.close()
+        with open_store(locator, role="third") as again:
+            assert again.writer is not None and again.writer["role"] == "third"
+            assert again.head() == store.head()
+
 
 class TestSqliteStore(StoreContract):
     @pytest.fixture
